@@ -1,0 +1,11 @@
+/* cmd_replay.c: placeholder until the 'replay' subcommand lands. */
+#include "cli.h"
+
+#include <stdio.h>
+
+int kvs_cmd_replay(int argc, char **argv)
+{
+    (void)argc;
+    fprintf(stderr, "kvsim %s: not built yet\n", argv[0]);
+    return KVS_EXIT_ERROR;
+}

@@ -1,0 +1,11 @@
+/* cmd_trace.c: placeholder until the 'trace' subcommand lands. */
+#include "cli.h"
+
+#include <stdio.h>
+
+int kvs_cmd_trace(int argc, char **argv)
+{
+    (void)argc;
+    fprintf(stderr, "kvsim %s: not built yet\n", argv[0]);
+    return KVS_EXIT_ERROR;
+}

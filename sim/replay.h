@@ -1,0 +1,46 @@
+/*
+** replay.h: runs kernels over traces and records fidelity in the database.
+**
+** Work is split into units of (trace, kernel, layer, KV head). Each unit
+** streams the trace's k, k_pre and v into a fresh kernel instance in
+** position order and, at evaluation positions, compares the kernel's
+** attention for the query group with exact attention from the trace.
+*/
+#ifndef KVS_REPLAY_H
+#define KVS_REPLAY_H
+
+#include "../common/kvs_common.h"
+
+#include <stdint.h>
+
+typedef enum kvs_eval_e {
+    KVS_EVAL_DECODE = 0,   /* generated positions only */
+    KVS_EVAL_ALL = 1,
+    KVS_EVAL_LAST = 2,     /* last N positions */
+    KVS_EVAL_STRIDE = 3,   /* every N-th position, and the last */
+    KVS_EVAL_COUNT
+} kvs_eval_e;
+
+typedef struct kvs_replay_opts {
+    const char *db_path;
+    const char *const *traces;
+    uint32_t n_traces;
+    const char *const *kernels;   /* spec strings */
+    uint32_t n_kernels;
+    kvs_eval_e eval;
+    uint32_t eval_n;              /* N of last:N and stride:N */
+    uint32_t max_steps;           /* cap of evaluation steps per unit, 0 = none */
+    uint32_t threads;             /* 0 = all cores */
+    int resume;
+    uint32_t shard_k, shard_n;    /* run units with index % n == k-1; n = 0: all */
+    uint64_t seed;
+    int quiet;                    /* no progress on stderr */
+} kvs_replay_opts_t;
+
+/* Parses "decode", "all", "last:N" or "stride:N". */
+kvs_status_e kvs_eval_parse(const char *text, kvs_eval_e *eval, uint32_t *n);
+
+/* Validates every kernel spec and trace before doing any work. */
+kvs_status_e kvs_replay_run(const kvs_replay_opts_t *opts);
+
+#endif
