@@ -83,4 +83,38 @@ kvs_status_e kvs_db_commit_unit(kvs_db_t *db, int64_t run_id, uint32_t layer, ui
 /* Marks the run finished ("done") or failed ("failed: message"). */
 kvs_status_e kvs_db_end_run(kvs_db_t *db, int64_t run_id, const char *status);
 
+/* ---- additions for bench, merge, reports and tests -------------------- */
+
+/* Opens path read-only for queries (reports, merge inputs). Fails with
+** KVS_ERR_DB_SCHEMA when the file's schema version is not the current one;
+** an older file is migrated by any read-write open (kvsim db migrate). */
+kvs_status_e kvs_db_open_readonly(const char *path, kvs_db_t **out);
+
+/* Opens or creates path and migrates it only up to version, which must be
+** between 1 and kvs_db_schema_version(). Tests use it to build files of an
+** earlier version; a file already newer than version is left as it is. */
+kvs_status_e kvs_db_open_at_version(const char *path, int version, kvs_db_t **out);
+
+/* The schema version of the open file (PRAGMA user_version). */
+int kvs_db_file_version(kvs_db_t *db);
+
+/* The underlying SQLite connection, for read queries by reports. */
+struct sqlite3 *kvs_db_sqlite(kvs_db_t *db);
+
+/* Records one timing measurement of kvsim bench: the median seconds of one
+** append and one attention step at a context of `context` tokens, and the
+** bytes that step reads. scope is "head" (one layer and KV head) or "model"
+** (scaled to every layer and KV head); host NULL means this machine. */
+kvs_status_e kvs_db_put_timing(kvs_db_t *db, int64_t trace_id, const char *kernel_spec, uint64_t context,
+                               double append_seconds, double attend_seconds, uint64_t read_bytes,
+                               const char *scope, const char *host);
+
+/* Combines shard databases into a new file out_path, written under a
+** temporary name and renamed at the end. Every input must have the current
+** schema version. Traces match by content hash; runs by trace, kernel spec,
+** parameters and evaluation mode. A unit present in several inputs must have
+** identical metric rows, else KVS_ERR_DB_SCHEMA names the run and the unit.
+** Fails without writing when out_path already exists. */
+kvs_status_e kvs_db_merge(const char *out_path, const char *const *in_paths, uint32_t n_in);
+
 #endif
