@@ -107,6 +107,13 @@ uint64_t kvs_trace_raw_bytes(const kvs_trace_t *t);
 ** 32 characters plus NUL) that identifies the trace in the database. */
 uint64_t kvs_trace_file_bytes(const kvs_trace_t *t);
 const char *kvs_trace_content_hash(const kvs_trace_t *t);
+/* Positions per frame, and the number of frames in the file. */
+uint32_t kvs_trace_block_tokens(const kvs_trace_t *t);
+uint32_t kvs_trace_n_frames(const kvs_trace_t *t);
+/* Compressed bytes of one kind's frames over all layers, and the raw F32
+** size of that kind (n_tokens * n_layers * row_width * 4). */
+uint64_t kvs_trace_kind_compressed_bytes(const kvs_trace_t *t, kvs_kind_e kind);
+uint64_t kvs_trace_kind_raw_bytes(const kvs_trace_t *t, kvs_kind_e kind);
 
 /* Reads rows [first, first+n) of one kind and layer into out, which holds
 ** (n, row_width) F32. Decompresses only the frames that overlap the range
