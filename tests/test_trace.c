@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <xxhash.h>
 #include <zstd.h>
@@ -930,6 +931,221 @@ START_TEST(shuffle_beats_plain_zstd_stories260k)
 }
 END_TEST
 
+/* ---- seed traces and the CLI ----------------------------------------- */
+
+/* The small traces committed as fuzz seeds and used by tests/cli/trace_cli.sh:
+** values follow seed_value(), so a reader of any zstd version can check
+** them. */
+typedef struct seed_spec {
+    const char *name;
+    kvs_dtype_e dtype;
+    uint32_t block;
+} seed_spec_t;
+
+static const seed_spec_t seeds[] = {
+    {"seed_f32.kvt", KVS_DTYPE_F32, 4},
+    {"seed_f16.kvt", KVS_DTYPE_F16, 3},
+    {"seed_bf16.kvt", KVS_DTYPE_BF16, 16},
+};
+static const kvs_trace_shape_t seed_shape = {.n_layers = 2, .n_heads = 2, .n_kv_heads = 1, .head_dim = 4};
+#define SEED_TOKENS 10
+static const char seed_metadata[] =
+    "{\"model\":\"seed\",\"prompt_ids\":[1,2,3,4],\"generated_ids\":[5,6,7,8,9,10],"
+    "\"generated_text\":\"hello seed\"}";
+
+/* Every value is a multiple of 1/16 below 8 in magnitude, exact in all
+** three dtypes. */
+static float seed_value(int kind, uint32_t layer, uint32_t pos, uint32_t col)
+{
+    return (float)((int)((kind * 7 + layer * 5 + pos * 3 + col) % 41) - 20) / 16.0f;
+}
+
+static void write_seed(const char *path, const seed_spec_t *spec)
+{
+    kvs_trace_writer_t *w;
+    float row[8];
+
+    ck_assert_int_eq(kvs_trace_writer_create(path, &seed_shape, spec->dtype, spec->block, 19, &w),
+                     KVS_OK);
+    for (uint32_t pos = 0; pos < SEED_TOKENS; pos++) {
+        for (int k = 0; k < KVS_KIND_COUNT; k++) {
+            for (uint32_t l = 0; l < seed_shape.n_layers; l++) {
+                uint32_t width = kvs_trace_row_width(&seed_shape, (kvs_kind_e)k);
+                for (uint32_t c = 0; c < width; c++)
+                    row[c] = seed_value(k, l, pos, c);
+                ck_assert_int_eq(kvs_trace_writer_append(w, (kvs_kind_e)k, l, pos, row, 1), KVS_OK);
+            }
+        }
+    }
+    ck_assert_int_eq(kvs_trace_writer_finish(w, seed_metadata), KVS_OK);
+}
+
+static void check_seed(const char *path, const seed_spec_t *spec)
+{
+    kvs_trace_t *t;
+    uint64_t bad;
+
+    ck_assert_msg(kvs_trace_open(path, &t) == KVS_OK, "%s: %s", path, kvs_error_message());
+    ck_assert_int_eq(kvs_trace_dtype(t), spec->dtype);
+    ck_assert_uint_eq(kvs_trace_n_tokens(t), SEED_TOKENS);
+    ck_assert_uint_eq(kvs_trace_block_tokens(t), spec->block);
+    ck_assert_str_eq(kvs_trace_metadata(t), seed_metadata);
+    for (int k = 0; k < KVS_KIND_COUNT; k++) {
+        for (uint32_t l = 0; l < seed_shape.n_layers; l++) {
+            float *got = read_all(t, (kvs_kind_e)k, l);
+            uint32_t width = kvs_trace_row_width(&seed_shape, (kvs_kind_e)k);
+            for (uint32_t pos = 0; pos < SEED_TOKENS; pos++)
+                for (uint32_t c = 0; c < width; c++)
+                    ck_assert_float_eq(got[pos * width + c], seed_value(k, l, pos, c));
+            free(got);
+        }
+    }
+    kvs_trace_close(t);
+    ck_assert_int_eq(kvs_trace_verify(path, &bad), KVS_OK);
+}
+
+/* Writes the seeds and checks them, and checks the committed copies when
+** the source tree is known. KVS_TRACE_SEED_DIR=DIR also writes them to DIR,
+** which is how tests/fuzz/corpus/fuzz_trace/ was made. */
+START_TEST(seed_traces_read_back)
+{
+    char *dir = kvs_test_tmpdir("trace_seeds");
+    const char *seed_dir = getenv("KVS_TRACE_SEED_DIR");
+    const char *source = getenv("KVS_SOURCE_DIR");
+
+    for (size_t i = 0; i < sizeof seeds / sizeof seeds[0]; i++) {
+        char *path = make_path(dir, seeds[i].name);
+        char committed[4200];
+        struct stat st;
+
+        write_seed(path, &seeds[i]);
+        check_seed(path, &seeds[i]);
+        if (seed_dir) {
+            snprintf(committed, sizeof committed, "%s/%s", seed_dir, seeds[i].name);
+            write_seed(committed, &seeds[i]);
+        }
+        if (source) {
+            snprintf(committed, sizeof committed, "%s/tests/fuzz/corpus/fuzz_trace/%s", source,
+                     seeds[i].name);
+            ck_assert_msg(stat(committed, &st) == 0, "missing committed seed %s", committed);
+            check_seed(committed, &seeds[i]);
+        }
+        free(path);
+    }
+    free(dir);
+}
+END_TEST
+
+/* Runs a shell command and returns its exit status and stdout. */
+static int run_command(const char *command, char **output)
+{
+    FILE *p = popen(command, "r");
+    size_t cap = 1 << 16, len = 0, got;
+    char *buf = malloc(cap);
+
+    ck_assert_ptr_nonnull(p);
+    while ((got = fread(buf + len, 1, cap - 1 - len, p)) > 0) {
+        len += got;
+        if (len + 1 == cap)
+            buf = realloc(buf, cap *= 2);
+    }
+    buf[len] = '\0';
+    int status = pclose(p);
+    *output = buf;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+START_TEST(cli_info_json_fields)
+{
+    const char *kvsim = getenv("KVSIM");
+    char *dir = kvs_test_tmpdir("trace_cli_info");
+    char *path = make_path(dir, "a.kvt");
+    char command[8600];
+    char *out;
+    json_error_t err;
+    kvs_trace_t *t;
+
+    write_seed(path, &seeds[1]);
+    ck_assert_int_eq(kvs_trace_open(path, &t), KVS_OK);
+    snprintf(command, sizeof command, "'%s' trace info '%s' --json", kvsim, path);
+    ck_assert_int_eq(run_command(command, &out), 0);
+
+    json_t *root = json_loads(out, 0, &err);
+    ck_assert_msg(root != NULL, "not JSON: %s", out);
+    ck_assert_int_eq(json_integer_value(json_object_get(root, "n_layers")), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(root, "n_heads")), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(root, "n_kv_heads")), 1);
+    ck_assert_int_eq(json_integer_value(json_object_get(root, "head_dim")), 4);
+    ck_assert_int_eq(json_integer_value(json_object_get(root, "n_tokens")), SEED_TOKENS);
+    ck_assert_int_eq(json_integer_value(json_object_get(root, "n_prompt")), 4);
+    ck_assert_int_eq(json_integer_value(json_object_get(root, "n_generated")), 6);
+    ck_assert_int_eq(json_integer_value(json_array_get(json_object_get(root, "generated_ids"), 5)), 10);
+    ck_assert_str_eq(json_string_value(json_object_get(root, "dtype")), "f16");
+    ck_assert_str_eq(json_string_value(json_object_get(root, "generated_text")), "hello seed");
+    ck_assert_str_eq(json_string_value(json_object_get(root, "content_hash")),
+                     kvs_trace_content_hash(t));
+    ck_assert_int_eq(json_integer_value(json_object_get(root, "compressed_bytes")),
+                     (json_int_t)kvs_trace_compressed_bytes(t));
+    /* Raw F32 size: 10 tokens * 2 layers * (8 + 3*4 floats) * 4 bytes. */
+    ck_assert_int_eq(json_integer_value(json_object_get(root, "raw_bytes")), 10 * 2 * 20 * 4);
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(root, "metadata"), "model")),
+                     "seed");
+    json_decref(root);
+    free(out);
+    kvs_trace_close(t);
+    free(path);
+    free(dir);
+}
+END_TEST
+
+START_TEST(cli_export_matches_read)
+{
+    const char *kvsim = getenv("KVSIM");
+    char *dir = kvs_test_tmpdir("trace_cli_export");
+    char *path = make_path(dir, "a.kvt");
+    char command[8600], npy[4300];
+    char *out, *bytes;
+    size_t size;
+    trace_data_t d;
+    kvs_trace_t *t;
+
+    fill_random(&d, small_shape, 45, 31);
+    ck_assert_int_eq(write_data(path, &d, KVS_DTYPE_F32, 16, NULL), KVS_OK);
+    ck_assert_int_eq(kvs_trace_open(path, &t), KVS_OK);
+    snprintf(command, sizeof command, "'%s' trace export '%s' -o '%s/npy' 2>/dev/null", kvsim,
+             path, dir);
+    ck_assert_int_eq(run_command(command, &out), 0);
+    free(out);
+
+    for (int k = 0; k < KVS_KIND_COUNT; k++) {
+        for (uint32_t l = 0; l < 3; l++) {
+            uint32_t width = kvs_trace_row_width(&small_shape, (kvs_kind_e)k);
+            char header[128];
+
+            snprintf(npy, sizeof npy, "%s/npy/%s_layer%02u.npy", dir, kvs_kind_name((kvs_kind_e)k), l);
+            ck_assert_int_eq(kvs_read_file(npy, &bytes, &size), KVS_OK);
+
+            /* NumPy format 1.0: magic, version 1.0, a 2-byte header length,
+            ** and the header padded so the data starts on a 64-byte boundary. */
+            ck_assert_int_eq(memcmp(bytes, "\x93NUMPY\x01\x00", 8), 0);
+            size_t header_len = (uint8_t)bytes[8] | (size_t)(uint8_t)bytes[9] << 8;
+            ck_assert_uint_eq((10 + header_len) % 64, 0);
+            ck_assert_int_eq(bytes[10 + header_len - 1], '\n');
+            snprintf(header, sizeof header,
+                     "{'descr': '<f4', 'fortran_order': False, 'shape': (45, %u), }", width);
+            ck_assert_int_eq(memcmp(bytes + 10, header, strlen(header)), 0);
+            ck_assert_uint_eq(size, 10 + header_len + 45 * (size_t)width * 4);
+            ck_assert_int_eq(memcmp(bytes + 10 + header_len, d.data[k][l], 45 * (size_t)width * 4), 0);
+            free(bytes);
+        }
+    }
+    kvs_trace_close(t);
+    data_free(&d);
+    free(path);
+    free(dir);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("trace");
@@ -954,6 +1170,13 @@ int main(void)
     tcase_add_test(tc, bad_shape_rejected);
     tcase_add_test(tc, full_disk_reports_io_error);
     tcase_add_test(tc, shuffle_beats_plain_zstd_synthetic);
+    tcase_add_test(tc, seed_traces_read_back);
+    if (getenv("KVSIM")) {
+        tcase_add_test(tc, cli_info_json_fields);
+        tcase_add_test(tc, cli_export_matches_read);
+    } else {
+        fprintf(stderr, "note: KVSIM is not set; the CLI tests are skipped\n");
+    }
     if (kvs_test_shared("models/stories260K/model.safetensors"))
         tcase_add_test(tc, shuffle_beats_plain_zstd_stories260k);
     else

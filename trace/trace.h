@@ -27,6 +27,9 @@
 
 #include <stdint.h>
 
+/* The format version this build writes and reads (header offset 8). */
+#define KVS_TRACE_FORMAT_VERSION 1u
+
 typedef enum kvs_kind_e {
     KVS_KIND_Q = 0,     /* query after RoPE, (seq, n_heads*head_dim) */
     KVS_KIND_K = 1,     /* key after RoPE, (seq, n_kv_heads*head_dim) */
