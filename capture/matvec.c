@@ -1,0 +1,266 @@
+/* matvec.c: dtype conversion and matrix-vector products, scalar and AVX2. */
+#include "matvec.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define KVS_X86 1
+#endif
+
+float kvs_bf16_to_f32(uint16_t h)
+{
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+float kvs_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t mant = h & 0x3ff;
+    uint32_t bits;
+    float f;
+
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (mant << 13);
+    } else if (exp == 0) {
+        /* Zero or subnormal: mant * 2^-24 is exact in F32. */
+        f = ldexpf((float)mant, -24);
+        return sign ? -f : f;
+    } else {
+        bits = sign | ((exp + 112) << 23) | (mant << 13);
+    }
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+uint16_t kvs_f32_to_bf16(float f)
+{
+    uint32_t bits;
+
+    memcpy(&bits, &f, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((bits >> 16) | 0x40);
+    bits += 0x7fffu + ((bits >> 16) & 1);
+    return (uint16_t)(bits >> 16);
+}
+
+static float load_elem(const kvs_weight_t *w, size_t i)
+{
+    switch (w->type) {
+    case KVS_WTYPE_BF16: return kvs_bf16_to_f32(((const uint16_t *)w->data)[i]);
+    case KVS_WTYPE_F16: return kvs_f16_to_f32(((const uint16_t *)w->data)[i]);
+    case KVS_WTYPE_F32:
+    case KVS_WTYPE_COUNT: break;
+    }
+    return ((const float *)w->data)[i];
+}
+
+void kvs_weight_rows_f32(const kvs_weight_t *w, uint32_t row0, uint32_t n_rows, float *out)
+{
+    size_t begin = (size_t)row0 * w->cols, n = (size_t)n_rows * w->cols;
+
+    if (w->type == KVS_WTYPE_F32) {
+        memcpy(out, (const float *)w->data + begin, n * sizeof *out);
+        return;
+    }
+    if (w->type == KVS_WTYPE_BF16) {
+        const uint16_t *src = (const uint16_t *)w->data + begin;
+        for (size_t i = 0; i < n; i++) {
+            uint32_t bits = (uint32_t)src[i] << 16;
+            memcpy(&out[i], &bits, sizeof bits);
+        }
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        out[i] = load_elem(w, begin + i);
+}
+
+void kvs_matvec_ref(const kvs_weight_t *w, uint32_t row0, uint32_t row1, const float *x, float *y)
+{
+    for (uint32_t r = row0; r < row1; r++) {
+        size_t base = (size_t)r * w->cols;
+        float sum = 0.0f;
+        for (uint32_t c = 0; c < w->cols; c++)
+            sum += load_elem(w, base + c) * x[c];
+        y[r - row0] = sum;
+    }
+}
+
+static float dot_ref(const float *a, const float *b, uint32_t n)
+{
+    float sum = 0.0f;
+
+    for (uint32_t i = 0; i < n; i++)
+        sum += a[i] * b[i];
+    return sum;
+}
+
+static void axpy_ref(float *y, float alpha, const float *x, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        y[i] += alpha * x[i];
+}
+
+#ifdef KVS_X86
+
+__attribute__((target("avx2,fma"))) static inline float hsum_avx(__m256 v)
+{
+    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+    __m128 s = _mm_add_ps(lo, hi);
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Eight weights of the given type, widened to F32. */
+__attribute__((target("avx2,fma,f16c"))) static inline __m256 load8(kvs_wtype_e type,
+                                                                    const void *base, size_t i)
+{
+    if (type == KVS_WTYPE_BF16) {
+        __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)base + i));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    if (type == KVS_WTYPE_F16)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)base + i)));
+    return _mm256_loadu_ps((const float *)base + i);
+}
+
+/* Four rows at a time share each load of x, which keeps the loop bound by
+** the weight stream rather than by loads of x. Columns past the last full
+** group of eight go through the scalar tail. */
+__attribute__((target("avx2,fma,f16c"))) static void matvec_avx2(const kvs_weight_t *w,
+                                                                 uint32_t row0, uint32_t row1,
+                                                                 const float *x, float *y)
+{
+    const uint32_t cols = w->cols, full = cols & ~7u;
+    const kvs_wtype_e type = w->type;
+    uint32_t r = row0;
+
+    for (; r + 4 <= row1; r += 4) {
+        size_t b0 = (size_t)r * cols, b1 = b0 + cols, b2 = b1 + cols, b3 = b2 + cols;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+        for (uint32_t c = 0; c < full; c += 8) {
+            __m256 xv = _mm256_loadu_ps(x + c);
+            a0 = _mm256_fmadd_ps(load8(type, w->data, b0 + c), xv, a0);
+            a1 = _mm256_fmadd_ps(load8(type, w->data, b1 + c), xv, a1);
+            a2 = _mm256_fmadd_ps(load8(type, w->data, b2 + c), xv, a2);
+            a3 = _mm256_fmadd_ps(load8(type, w->data, b3 + c), xv, a3);
+        }
+        float s0 = hsum_avx(a0), s1 = hsum_avx(a1), s2 = hsum_avx(a2), s3 = hsum_avx(a3);
+        for (uint32_t c = full; c < cols; c++) {
+            s0 += load_elem(w, b0 + c) * x[c];
+            s1 += load_elem(w, b1 + c) * x[c];
+            s2 += load_elem(w, b2 + c) * x[c];
+            s3 += load_elem(w, b3 + c) * x[c];
+        }
+        y[r - row0] = s0;
+        y[r + 1 - row0] = s1;
+        y[r + 2 - row0] = s2;
+        y[r + 3 - row0] = s3;
+    }
+    for (; r < row1; r++) {
+        size_t b = (size_t)r * cols;
+        __m256 a = _mm256_setzero_ps();
+        for (uint32_t c = 0; c < full; c += 8)
+            a = _mm256_fmadd_ps(load8(type, w->data, b + c), _mm256_loadu_ps(x + c), a);
+        float s = hsum_avx(a);
+        for (uint32_t c = full; c < cols; c++)
+            s += load_elem(w, b + c) * x[c];
+        y[r - row0] = s;
+    }
+}
+
+__attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const float *b,
+                                                          uint32_t n)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    uint32_t i = 0;
+
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8)
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float s = hsum_avx(_mm256_add_ps(s0, s1));
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+__attribute__((target("avx2,fma"))) static void axpy_avx2(float *y, float alpha, const float *x,
+                                                          uint32_t n)
+{
+    __m256 av = _mm256_set1_ps(alpha);
+    uint32_t i = 0;
+
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++)
+        y[i] += alpha * x[i];
+}
+
+#endif
+
+static int simd_cached = -1;
+
+void kvs_matvec_force_scalar(int on)
+{
+    simd_cached = on ? 0 : -1;
+}
+
+int kvs_matvec_simd(void)
+{
+    int cached = simd_cached;
+
+    if (cached < 0) {
+        int on = 0;
+#ifdef KVS_X86
+        const char *off = getenv("KVSIM_NO_SIMD");
+        __builtin_cpu_init();
+        on = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c") && !(off && *off && strcmp(off, "0"));
+#endif
+        cached = simd_cached = on;
+    }
+    return cached;
+}
+
+void kvs_matvec(const kvs_weight_t *w, uint32_t row0, uint32_t row1, const float *x, float *y)
+{
+#ifdef KVS_X86
+    if (kvs_matvec_simd()) {
+        matvec_avx2(w, row0, row1, x, y);
+        return;
+    }
+#endif
+    kvs_matvec_ref(w, row0, row1, x, y);
+}
+
+float kvs_dot_f32(const float *a, const float *b, uint32_t n)
+{
+#ifdef KVS_X86
+    if (kvs_matvec_simd())
+        return dot_avx2(a, b, n);
+#endif
+    return dot_ref(a, b, n);
+}
+
+void kvs_axpy_f32(float *y, float alpha, const float *x, uint32_t n)
+{
+#ifdef KVS_X86
+    if (kvs_matvec_simd()) {
+        axpy_avx2(y, alpha, x, n);
+        return;
+    }
+#endif
+    axpy_ref(y, alpha, x, n);
+}
