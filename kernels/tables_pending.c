@@ -8,5 +8,4 @@
 
 const kvs_codec_i *const kvs_codecs_rotation[] = {NULL};
 const kvs_codec_i *const kvs_codecs_value[] = {NULL};
-const kvs_policy_i *const kvs_policies[] = {NULL};
 const kvs_preset_t kvs_presets_rotation[] = {{NULL, NULL, NULL, NULL}};

@@ -1,0 +1,106 @@
+/*
+** select_common.c: parameter look-up, budget resolution, buffers and the
+** exact causal attention that prefill-time policies score with.
+*/
+#include "select_internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+double kvs_select_param(const kvs_params_t *p, const char *name)
+{
+    for (uint32_t i = 0; p->docs[i].name; i++) {
+        if (strcmp(p->docs[i].name, name) == 0)
+            return p->number[i];
+    }
+    fprintf(stderr, "kvsim: selection policy reads parameter '%s' that its docs do not list\n",
+            name);
+    abort();
+}
+
+uint32_t kvs_select_budget(double value, uint32_t n)
+{
+    double tokens;
+
+    if (n == 0)
+        return 0;
+
+    /* The small offset keeps products such as 0.29 * 100 = 28.999999999999996
+    ** from rounding down a whole token. */
+    tokens = value < 0 ? floor(-value * (double)n + 1e-6) : floor(value);
+    if (tokens < 1)
+        return 1;
+    if (tokens >= (double)n)
+        return n;
+    return (uint32_t)tokens;
+}
+
+double kvs_select_resident_slope(double value, uint32_t n)
+{
+    if (value < 0)
+        return -value;
+    return (double)n < value ? 1.0 : 0.0;
+}
+
+kvs_status_e kvs_select_reserve(void **buf, uint32_t *cap, uint32_t need, size_t elem,
+                                const char *what)
+{
+    uint32_t new_cap;
+    void *grown;
+
+    if (need <= *cap)
+        return KVS_OK;
+
+    new_cap = *cap ? *cap : 64;
+    while (new_cap < need)
+        new_cap = new_cap > UINT32_MAX / 2 ? need : new_cap * 2;
+    grown = realloc(*buf, (size_t)new_cap * elem);
+    KVS_RETURN_IF(!grown, KVS_ERR_NOMEM, "out of memory growing %s to %u positions", what,
+                  new_cap);
+
+    memset((char *)grown + (size_t)*cap * elem, 0, (size_t)(new_cap - *cap) * elem);
+    *buf = grown;
+    *cap = new_cap;
+    return KVS_OK;
+}
+
+void kvs_select_causal_weights(const float *keys, uint32_t d, const float *q, uint32_t group,
+                               uint32_t n_visible, float *scratch, double *w)
+{
+    const double scale = 1.0 / sqrt((double)d);
+
+    memset(w, 0, (size_t)n_visible * sizeof *w);
+    for (uint32_t g = 0; g < group; g++) {
+        const float *qg = q + (size_t)g * d;
+        float max_logit = -INFINITY;
+        double sum = 0;
+
+        for (uint32_t t = 0; t < n_visible; t++) {
+            const float *k = keys + (size_t)t * d;
+            double dot = 0;
+
+            for (uint32_t i = 0; i < d; i++)
+                dot += (double)qg[i] * k[i];
+            scratch[t] = (float)(dot * scale);
+            if (scratch[t] > max_logit)
+                max_logit = scratch[t];
+        }
+        for (uint32_t t = 0; t < n_visible; t++)
+            sum += exp((double)scratch[t] - max_logit);
+        for (uint32_t t = 0; t < n_visible; t++)
+            w[t] += exp((double)scratch[t] - max_logit) / sum / group;
+    }
+}
+
+uint32_t kvs_select_lowest(const double *score, const uint8_t *keep, uint32_t lo, uint32_t hi)
+{
+    uint32_t best = UINT32_MAX;
+
+    for (uint32_t t = lo; t < hi; t++) {
+        if (keep[t] && (best == UINT32_MAX || score[t] < score[best]))
+            best = t;
+    }
+    return best;
+}
