@@ -10,7 +10,7 @@
 #define KVS_X86 1
 #endif
 
-float kvs_bf16_to_f32(uint16_t h)
+float kvs_bf16_to_float(uint16_t h)
 {
     uint32_t bits = (uint32_t)h << 16;
     float f;
@@ -19,7 +19,7 @@ float kvs_bf16_to_f32(uint16_t h)
     return f;
 }
 
-float kvs_f16_to_f32(uint16_t h)
+float kvs_f16_to_float(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16;
     uint32_t exp = (h >> 10) & 0x1f;
@@ -40,7 +40,7 @@ float kvs_f16_to_f32(uint16_t h)
     return f;
 }
 
-uint16_t kvs_f32_to_bf16(float f)
+uint16_t kvs_float_to_bf16(float f)
 {
     uint32_t bits;
 
@@ -54,8 +54,8 @@ uint16_t kvs_f32_to_bf16(float f)
 static float load_elem(const kvs_weight_t *w, size_t i)
 {
     switch (w->type) {
-    case KVS_WTYPE_BF16: return kvs_bf16_to_f32(((const uint16_t *)w->data)[i]);
-    case KVS_WTYPE_F16: return kvs_f16_to_f32(((const uint16_t *)w->data)[i]);
+    case KVS_WTYPE_BF16: return kvs_bf16_to_float(((const uint16_t *)w->data)[i]);
+    case KVS_WTYPE_F16: return kvs_f16_to_float(((const uint16_t *)w->data)[i]);
     case KVS_WTYPE_F32:
     case KVS_WTYPE_COUNT: break;
     }
