@@ -83,12 +83,18 @@ const char *kvs_kernel_spec_family(const kvs_kernel_spec_t *spec);
 ** dequantizes everything first (storage-only) or is dense. */
 int kvs_kernel_spec_compressed_exec(const kvs_kernel_spec_t *spec);
 
+/* Checks the spec against stream shapes: codec and policy constraints that
+** depend on them (a group size must divide head_dim, ...). create and cost
+** run the same check; the replayer can call it up front for every trace. */
+kvs_status_e kvs_kernel_spec_check(const kvs_kernel_spec_t *spec, const kvs_kernel_dims_t *dims);
+
 /* Costs from the kernels' own accounting for a context of n_context tokens. */
 kvs_status_e kvs_kernel_spec_cost(const kvs_kernel_spec_t *spec, const kvs_kernel_dims_t *dims,
                                   uint64_t n_context, kvs_kernel_cost_t *out);
 
 /* ---- instances -------------------------------------------------------- */
 
+/* Creates an instance for one stream. spec must outlive the instance. */
 kvs_status_e kvs_kernel_create(const kvs_kernel_spec_t *spec, const kvs_kernel_dims_t *dims,
                                kvs_kernel_t **out);
 void kvs_kernel_destroy(kvs_kernel_t *kernel);

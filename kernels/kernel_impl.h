@@ -26,6 +26,7 @@
 
 #include "kernel.h"
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* ---- parameters ------------------------------------------------------- */
@@ -118,7 +119,8 @@ typedef struct kvs_codec_i {
     void (*logits)(void *state, const float *q, uint32_t group, const uint8_t *attend, uint32_t n,
                    float *out);
 
-    /* Value role: out[g*d + j] = sum over attended t of w[g*n + t] v_t[j]. */
+    /* Value role: out[g*d + j] = sum over attended t of w[g*n + t] v_t[j].
+    ** kernel.c zeroes out before the call, so a codec may accumulate. */
     void (*output)(void *state, const float *w, uint32_t group, const uint8_t *attend, uint32_t n,
                    float *out);
 
@@ -187,6 +189,11 @@ typedef struct kvs_preset {
 const kvs_codec_i *kvs_codec_find(const char *name);
 const kvs_policy_i *kvs_policy_find(const char *name);
 const kvs_preset_t *kvs_preset_find(const char *name);
+
+/* Registered entries in listing order, NULL past the end. */
+const kvs_codec_i *kvs_codec_at(size_t i);
+const kvs_policy_i *kvs_policy_at(size_t i);
+const kvs_preset_t *kvs_preset_at(size_t i);
 
 /* NULL-terminated tables; kernels/registry.c concatenates them. */
 extern const kvs_codec_i *const kvs_codecs_dense[];

@@ -1,0 +1,131 @@
+/* simd.c: runtime-dispatched dot products and row updates. */
+#include "simd.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+static int simd_enabled = 1;
+
+int kvs_simd_avx2(void)
+{
+    static int detected = -1;
+
+    if (detected < 0) {
+        __builtin_cpu_init();
+        detected = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    return simd_enabled && detected;
+}
+
+void kvs_simd_set_enabled(int enabled)
+{
+    simd_enabled = enabled;
+}
+
+float kvs_dot_f32_ref(const float *a, const float *b, uint32_t n)
+{
+    float s = 0.0f;
+
+    for (uint32_t i = 0; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+void kvs_axpy_f32_ref(float *y, float alpha, const float *x, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        y[i] += alpha * x[i];
+}
+
+__attribute__((target("avx2,fma"))) static float hsum256(__m256 v)
+{
+    __m128 lo = _mm256_castps256_ps128(v);
+    __m128 hi = _mm256_extractf128_ps(v, 1);
+    __m128 s = _mm_add_ps(lo, hi);
+
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+__attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const float *b,
+                                                          uint32_t n)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    uint32_t i = 0;
+
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8)
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float s = hsum256(_mm256_add_ps(s0, s1));
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+__attribute__((target("avx2,fma"))) static void axpy_avx2(float *y, float alpha, const float *x,
+                                                          uint32_t n)
+{
+    __m256 a = _mm256_set1_ps(alpha);
+    uint32_t i = 0;
+
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(a, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++)
+        y[i] += alpha * x[i];
+}
+
+float kvs_dot_f32(const float *a, const float *b, uint32_t n)
+{
+    return kvs_simd_avx2() ? dot_avx2(a, b, n) : kvs_dot_f32_ref(a, b, n);
+}
+
+void kvs_axpy_f32(float *y, float alpha, const float *x, uint32_t n)
+{
+    if (kvs_simd_avx2())
+        axpy_avx2(y, alpha, x, n);
+    else
+        kvs_axpy_f32_ref(y, alpha, x, n);
+}
+
+/* Up to four queries share each load of x; n a multiple of 8. */
+__attribute__((target("avx2,fma"))) static void dot_rows4_avx2(const float *q, uint32_t g,
+                                                               const float *x, uint32_t n,
+                                                               float *out, uint32_t stride)
+{
+    __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                   _mm256_setzero_ps()};
+
+    for (uint32_t i = 0; i < n; i += 8) {
+        __m256 xv = _mm256_loadu_ps(x + i);
+        for (uint32_t r = 0; r < g; r++)
+            s[r] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (size_t)r * n + i), xv, s[r]);
+    }
+    for (uint32_t r = 0; r < g; r++)
+        out[(size_t)r * stride] = hsum256(s[r]);
+}
+
+void kvs_dot_rows_f32(const float *q, uint32_t g, const float *x, uint32_t n, float *out,
+                      uint32_t out_stride)
+{
+    if (kvs_simd_avx2() && n % 8 == 0) {
+        for (uint32_t r = 0; r < g; r += 4) {
+            uint32_t m = g - r < 4 ? g - r : 4;
+            dot_rows4_avx2(q + (size_t)r * n, m, x, n, out + (size_t)r * out_stride, out_stride);
+        }
+        return;
+    }
+    for (uint32_t r = 0; r < g; r++)
+        out[(size_t)r * out_stride] = kvs_dot_f32_ref(q + (size_t)r * n, x, n);
+}
+
+void kvs_bf16_row_to_f32(const uint16_t *src, float *dst, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)src[i] << 16;
+        memcpy(dst + i, &u, 4);
+    }
+}

@@ -1,0 +1,35 @@
+/*
+** simd.h: vector helpers shared by the kernels, each with a portable
+** scalar _ref version that is also the reference the tests compare with.
+**
+** The AVX2/FMA versions are chosen at run time from the CPU; the binary
+** itself targets baseline x86-64.
+*/
+#ifndef KVS_SIMD_H
+#define KVS_SIMD_H
+
+#include <stdint.h>
+
+/* 1 when the CPU has AVX2 and FMA and vector paths are enabled. */
+int kvs_simd_avx2(void);
+/* Turns the vector paths off (0) or back on (1) for every kernel, so tests
+** and benchmarks can run the scalar reference paths through the same API. */
+void kvs_simd_set_enabled(int enabled);
+
+/* sum_i a[i] * b[i]. */
+float kvs_dot_f32(const float *a, const float *b, uint32_t n);
+float kvs_dot_f32_ref(const float *a, const float *b, uint32_t n);
+
+/* y[i] += alpha * x[i]. */
+void kvs_axpy_f32(float *y, float alpha, const float *x, uint32_t n);
+void kvs_axpy_f32_ref(float *y, float alpha, const float *x, uint32_t n);
+
+/* Dot products of one row x (n floats) with g query rows q (g, n), written
+** to out[i * out_stride] for i < g. Loads x once for all queries. */
+void kvs_dot_rows_f32(const float *q, uint32_t g, const float *x, uint32_t n, float *out,
+                      uint32_t out_stride);
+
+/* Widens n BF16 values to F32. */
+void kvs_bf16_row_to_f32(const uint16_t *src, float *dst, uint32_t n);
+
+#endif
