@@ -13,6 +13,9 @@ typedef struct kvs_report_opts {
     uint32_t n_traces;
     const char *const *kernels;  /* kernel specs; NULL = all */
     uint32_t n_kernels;
+    const char *devices_path;    /* device profiles for roofline estimates
+                                    (format of docs/devices.tsv); NULL =
+                                    the built-in profiles */
 } kvs_report_opts_t;
 
 /* Writes the report for db_path into out_dir (created when missing). A

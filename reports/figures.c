@@ -1,0 +1,700 @@
+/*
+** figures.c: the data files and gnuplot scripts of each trace's figures.
+**
+** Every figure NAME has NAME.gp reading NAME.dat (and sometimes more data
+** files) by relative name, and renders NAME.png and NAME.svg. Errors span
+** decades, so error axes are logarithmic. A value of exactly 0 (an exact
+** kernel) cannot sit on a log axis, so it is drawn at a floor one decade
+** below the smallest positive value, and a label in the figure says so.
+*/
+#include "report_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_HEATMAPS 6
+
+typedef struct family_style {
+    const char *name;
+    int point_type;   /* gnuplot pt: filled circle, square, triangles, ... */
+} family_style_t;
+
+static const family_style_t family_styles[] = {
+    {"dense", 7}, {"quantized", 5}, {"rotation", 9}, {"sketch", 11}, {"value", 13}, {"selection", 15},
+};
+#define N_FAMILIES ((int)(sizeof family_styles / sizeof family_styles[0]))
+
+/* Index of a family in family_styles, or N_FAMILIES for any other name. */
+static int family_index(const char *family)
+{
+    for (int i = 0; i < N_FAMILIES; i++) {
+        if (!strcmp(family_styles[i].name, family))
+            return i;
+    }
+    return N_FAMILIES;
+}
+
+/* Writes `set title` with the figure's subject, the trace and, for a
+** synthetic model, the banner. */
+static void write_title(FILE *fp, const rpt_trace_t *t, const char *subject)
+{
+    char title[1024];
+
+    snprintf(title, sizeof title, "%s\n%s, trace %s%s%s", subject, t->model, t->short_hash,
+             t->synthetic ? "\n" : "", t->synthetic ? RPT_SYNTHETIC_BANNER : "");
+    fprintf(fp, "    set title ");
+    rpt_gp_string(fp, title);
+    fprintf(fp, "%s\n", t->synthetic ? " textcolor rgb \"#b00000\"" : "");
+}
+
+/* Floor for values <= 0 on a log axis: a decade under the smallest
+** positive value. */
+static double log_floor(double min_positive)
+{
+    return isfinite(min_positive) && min_positive > 0 ? min_positive / 10 : 1e-12;
+}
+
+static double on_log_axis(double v, double floor)
+{
+    return v > 0 ? v : floor;
+}
+
+static kvs_status_e finish_figure(rpt_ctx_t *ctx, uint32_t t, const char *name, kvs_outfile_t *gp,
+                                  const char *title, const char *caption)
+{
+    KVS_FORWARD(rpt_close(gp, KVS_OK));
+    KVS_FORWARD(rpt_run_gnuplot(ctx, name));
+    return rpt_add_figure(ctx, t, name, title, caption);
+}
+
+static void write_key_note(FILE *fp, int any_zero, double floor)
+{
+    if (any_zero)
+        fprintf(fp, "    set label 1 \"error 0 drawn at %.1e\" at graph 0.01, graph 0.03 font \",8\"\n", floor);
+    else
+        fprintf(fp, "    unset label 1\n");
+}
+
+/* ---- output error vs bytes per token, with the Pareto front ---------- */
+
+static kvs_status_e figure_error_bytes(rpt_ctx_t *ctx, uint32_t ti)
+{
+    const rpt_trace_t *t = &ctx->traces[ti];
+    char name[64], file[96];
+    kvs_outfile_t *dat, *front, *gp;
+    double min_pos = INFINITY, min_bytes = INFINITY, max_bytes = 0;
+    int any_zero = 0, used[N_FAMILIES + 1] = {0}, n_front = 0;
+    FILE *fp;
+
+    snprintf(name, sizeof name, "error_bytes_%s", t->short_hash);
+    for (uint32_t i = 0; i < t->n_runs; i++) {
+        const rpt_run_t *r = &t->runs[i];
+        if (!r->done)
+            continue;
+        if (r->output_rel_error > 0)
+            min_pos = fmin(min_pos, r->output_rel_error);
+        else
+            any_zero = 1;
+        min_bytes = fmin(min_bytes, r->bytes_per_token);
+        max_bytes = fmax(max_bytes, r->bytes_per_token);
+        used[family_index(r->family)] = 1;
+        n_front += r->on_front;
+    }
+    if (max_bytes <= 0)
+        return KVS_OK;
+    double floor = log_floor(min_pos);
+
+    /* One data block per family (gnuplot "index"), in family_styles order. */
+    snprintf(file, sizeof file, "%s.dat", name);
+    KVS_FORWARD(rpt_open(ctx, file, &dat));
+    fp = kvs_outfile_stream(dat);
+    fprintf(fp, "# bytes_per_token\toutput_rel_error\tplotted_error\tkernel\ton_pareto_front\n");
+    int block = 0;
+    int block_of[N_FAMILIES + 1];
+    for (int f = 0; f <= N_FAMILIES; f++) {
+        block_of[f] = -1;
+        if (!used[f])
+            continue;
+        block_of[f] = block++;
+        fprintf(fp, "# family %s\n", f < N_FAMILIES ? family_styles[f].name : "other");
+        for (uint32_t i = 0; i < t->n_runs; i++) {
+            const rpt_run_t *r = &t->runs[i];
+            if (!r->done || family_index(r->family) != f)
+                continue;
+            fprintf(fp, "%.9g\t%.9g\t%.9g\t", r->bytes_per_token, r->output_rel_error,
+                    on_log_axis(r->output_rel_error, floor));
+            rpt_data_string(fp, r->label);
+            fprintf(fp, "\t%d\n", r->on_front);
+        }
+        fprintf(fp, "\n\n");
+    }
+    KVS_FORWARD(rpt_close(dat, KVS_OK));
+
+    /* The front, by increasing bytes per token; runs are sorted by
+    ** decreasing bytes, so walk them backwards. */
+    snprintf(file, sizeof file, "pareto_%s.dat", t->short_hash);
+    KVS_FORWARD(rpt_open(ctx, file, &front));
+    fp = kvs_outfile_stream(front);
+    fprintf(fp, "# bytes_per_token\tplotted_error\tkernel (Pareto front, increasing bytes)\n");
+    for (uint32_t i = t->n_runs; i-- > 0;) {
+        const rpt_run_t *r = &t->runs[i];
+        if (!r->on_front)
+            continue;
+        fprintf(fp, "%.9g\t%.9g\t", r->bytes_per_token, on_log_axis(r->output_rel_error, floor));
+        rpt_data_string(fp, r->label);
+        fputc('\n', fp);
+    }
+    KVS_FORWARD(rpt_close(front, KVS_OK));
+
+    snprintf(file, sizeof file, "%s.gp", name);
+    KVS_FORWARD(rpt_open(ctx, file, &gp));
+    fp = kvs_outfile_stream(gp);
+    rpt_gp_begin(fp, ctx, name, 1100, 700);
+    write_title(fp, t, "Output error vs stored bytes per token");
+    fprintf(fp, "    set xlabel \"stored bytes per token, whole model, K and V (log scale)\"\n");
+    fprintf(fp, "    set ylabel \"output relative error ||o^ - o|| / ||o||, mean over heads (log scale)\"\n");
+    fprintf(fp, "    set logscale xy\n    set grid xtics ytics mxtics mytics lc rgb \"#dddddd\"\n");
+    /* Room on the right of the rightmost point for its label. */
+    fprintf(fp, "    set xrange [%.6g:%.6g]\n", min_bytes / 1.5, max_bytes * 3.0);
+    rpt_gp_log_tics(fp, "x", min_bytes / 1.5, max_bytes * 3.0);
+    fprintf(fp, "    set key outside right top box\n");
+    write_key_note(fp, any_zero, floor);
+    fprintf(fp, "    plot \\\n");
+    for (int f = 0; f <= N_FAMILIES; f++) {
+        if (block_of[f] < 0)
+            continue;
+        fprintf(fp, "        \"%s.dat\" index %d using 1:3 with points pt %d ps 1.8 lc %d title \"%s\", \\\n", name,
+                block_of[f], f < N_FAMILIES ? family_styles[f].point_type : 3, f + 1,
+                f < N_FAMILIES ? family_styles[f].name : "other family");
+    }
+    if (n_front > 1)
+        fprintf(fp, "        \"pareto_%s.dat\" using 1:2 with lines dt 2 lw 2 lc rgb \"#555555\" "
+                    "title \"Pareto front\", \\\n",
+                t->short_hash);
+    fprintf(fp, "        \"%s.dat\" using 1:3:4 with labels left offset char 1,0.5 font \",8\" notitle\n", name);
+    rpt_gp_end(fp);
+    return finish_figure(ctx, ti, name, gp, "Output error vs stored bytes per token",
+                         "Mean output relative error over all (layer, head) rows against the stored bytes per "
+                         "token of the whole model. Marker shape shows the kernel family; the dashed line joins "
+                         "the runs no other run beats on both axes (Pareto front).");
+}
+
+/* ---- error per layer ------------------------------------------------- */
+
+typedef struct series_point {
+    double x, y;
+} series_point_t;
+
+/* Runs a query with one integer parameter (the run id) returning (x, y)
+** rows. */
+static kvs_status_e query_series(rpt_ctx_t *ctx, const char *sql, int64_t run_id, series_point_t **out, size_t *n)
+{
+    sqlite3_stmt *st;
+    size_t cap = 0;
+    int rc;
+
+    *out = NULL;
+    *n = 0;
+    if (sqlite3_prepare_v2(ctx->conn, sql, -1, &st, NULL) != SQLITE_OK)
+        return kvs_fail(KVS_ERR_DB, "%s: query failed: %s", ctx->db_path, sqlite3_errmsg(ctx->conn));
+    sqlite3_bind_int64(st, 1, run_id);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (sqlite3_column_type(st, 1) == SQLITE_NULL)
+            continue;
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 64;
+            series_point_t *grown = realloc(*out, cap * sizeof *grown);
+            if (!grown) {
+                sqlite3_finalize(st);
+                return kvs_fail(KVS_ERR_NOMEM, "out of memory reading %s", ctx->db_path);
+            }
+            *out = grown;
+        }
+        (*out)[*n].x = sqlite3_column_double(st, 0);
+        (*out)[*n].y = sqlite3_column_double(st, 1);
+        (*n)++;
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE)
+        return kvs_fail(KVS_ERR_DB, "%s: query failed: %s", ctx->db_path, sqlite3_errmsg(ctx->conn));
+    return KVS_OK;
+}
+
+/* Writes a line figure with one series per done run of trace ti: sql
+** returns (x, y) for a run id. */
+static kvs_status_e figure_lines(rpt_ctx_t *ctx, uint32_t ti, const char *prefix, const char *sql,
+                                 const char *subject, const char *xlabel, const char *ylabel, const char *caption)
+{
+    const rpt_trace_t *t = &ctx->traces[ti];
+    char name[64], file[96];
+    kvs_outfile_t *dat, *gp;
+    series_point_t **series = calloc(t->n_runs ? t->n_runs : 1, sizeof *series);
+    size_t *lengths = calloc(t->n_runs ? t->n_runs : 1, sizeof *lengths);
+    double min_pos = INFINITY;
+    int any_zero = 0, n_series = 0;
+    kvs_status_e rc = KVS_OK;
+    FILE *fp;
+
+    if (!series || !lengths) {
+        free(series);
+        free(lengths);
+        return kvs_fail(KVS_ERR_NOMEM, "out of memory");
+    }
+    for (uint32_t i = 0; i < t->n_runs && rc == KVS_OK; i++) {
+        if (!t->runs[i].done)
+            continue;
+        rc = query_series(ctx, sql, t->runs[i].run_id, &series[i], &lengths[i]);
+        for (size_t p = 0; rc == KVS_OK && p < lengths[i]; p++) {
+            if (series[i][p].y > 0)
+                min_pos = fmin(min_pos, series[i][p].y);
+            else
+                any_zero = 1;
+        }
+        n_series += lengths[i] > 0;
+    }
+    if (rc != KVS_OK || n_series == 0)
+        goto done;
+    double floor = log_floor(min_pos);
+
+    snprintf(name, sizeof name, "%s_%s", prefix, t->short_hash);
+    snprintf(file, sizeof file, "%s.dat", name);
+    rc = rpt_open(ctx, file, &dat);
+    if (rc != KVS_OK)
+        goto done;
+    fp = kvs_outfile_stream(dat);
+    fprintf(fp, "# x\ty\tplotted_y; one block per kernel run, in the plot's order\n");
+    for (uint32_t i = 0; i < t->n_runs; i++) {
+        if (!lengths[i])
+            continue;
+        fprintf(fp, "# %s\n", t->runs[i].label);
+        for (size_t p = 0; p < lengths[i]; p++)
+            fprintf(fp, "%.9g\t%.9g\t%.9g\n", series[i][p].x, series[i][p].y, on_log_axis(series[i][p].y, floor));
+        fprintf(fp, "\n\n");
+    }
+    rc = rpt_close(dat, KVS_OK);
+    if (rc != KVS_OK)
+        goto done;
+
+    snprintf(file, sizeof file, "%s.gp", name);
+    rc = rpt_open(ctx, file, &gp);
+    if (rc != KVS_OK)
+        goto done;
+    fp = kvs_outfile_stream(gp);
+    rpt_gp_begin(fp, ctx, name, 1100, 700);
+    write_title(fp, t, subject);
+    fprintf(fp, "    set xlabel ");
+    rpt_gp_string(fp, xlabel);
+    fprintf(fp, "\n    set ylabel ");
+    rpt_gp_string(fp, ylabel);
+    fprintf(fp, "\n    set logscale y\n    set grid xtics ytics mytics lc rgb \"#dddddd\"\n");
+    if (!strcmp(prefix, "layer_error")) {
+        int step = 1;
+        if (t->n_layers > 32)
+            step = 4;
+        else if (t->n_layers > 16)
+            step = 2;
+        fprintf(fp, "    set xtics %d\n    set xrange [-0.5:%lld.5]\n", step, (long long)t->n_layers - 1);
+    }
+    fprintf(fp, "    set key outside right top box\n");
+    write_key_note(fp, any_zero, floor);
+    fprintf(fp, "    plot \\\n");
+    int block = 0;
+    for (uint32_t i = 0; i < t->n_runs; i++) {
+        if (!lengths[i])
+            continue;
+        fprintf(fp, "        \"%s.dat\" index %d using 1:3 with linespoints pt %d ps 1.0 lw 1.5 title ", name,
+                block, family_index(t->runs[i].family) < N_FAMILIES
+                           ? family_styles[family_index(t->runs[i].family)].point_type
+                           : 3);
+        rpt_gp_string(fp, t->runs[i].label);
+        fprintf(fp, "%s\n", ++block < n_series ? ", \\" : "");
+    }
+    rpt_gp_end(fp);
+    rc = finish_figure(ctx, ti, name, gp, subject, caption);
+done:
+    for (uint32_t i = 0; i < t->n_runs; i++)
+        free(series[i]);
+    free(series);
+    free(lengths);
+    return rc;
+}
+
+/* ---- layer x head heatmaps -------------------------------------------- */
+
+static kvs_status_e figure_heatmap(rpt_ctx_t *ctx, uint32_t ti, const rpt_run_t *r, int index)
+{
+    const rpt_trace_t *t = &ctx->traces[ti];
+    char name[64], file[96], subject[512];
+    kvs_outfile_t *dat, *gp;
+    sqlite3_stmt *st;
+    double min_pos = INFINITY, max_value = 0;
+    int any_zero = 0, rc;
+    FILE *fp;
+
+    snprintf(name, sizeof name, "heatmap_%s_%d", t->short_hash, index);
+    if (sqlite3_prepare_v2(ctx->conn,
+                           "SELECT layer, head, output_rel_error FROM layer_error WHERE run_id = ? "
+                           "AND output_rel_error IS NOT NULL ORDER BY layer, head",
+                           -1, &st, NULL) != SQLITE_OK)
+        return kvs_fail(KVS_ERR_DB, "%s: query failed: %s", ctx->db_path, sqlite3_errmsg(ctx->conn));
+    sqlite3_bind_int64(st, 1, r->run_id);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        double v = sqlite3_column_double(st, 2);
+        max_value = fmax(max_value, v);
+        if (v > 0)
+            min_pos = fmin(min_pos, v);
+        else
+            any_zero = 1;
+    }
+    double floor = log_floor(min_pos);
+    int log_cb = any_zero || (isfinite(min_pos) && max_value / min_pos >= 10);
+    sqlite3_reset(st);
+
+    snprintf(file, sizeof file, "%s.dat", name);
+    kvs_status_e status = rpt_open(ctx, file, &dat);
+    if (status != KVS_OK) {
+        sqlite3_finalize(st);
+        return status;
+    }
+    fp = kvs_outfile_stream(dat);
+    fprintf(fp, "# %s\n# layer\tquery_head\toutput_rel_error\tplotted_error\n", r->label);
+    int64_t last_layer = -1;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t layer = sqlite3_column_int64(st, 0);
+        double v = sqlite3_column_double(st, 2);
+        if (last_layer >= 0 && layer != last_layer)
+            fputc('\n', fp);
+        last_layer = layer;
+        fprintf(fp, "%lld\t%lld\t%.9g\t%.9g\n", (long long)layer, (long long)sqlite3_column_int64(st, 1), v,
+                on_log_axis(v, floor));
+    }
+    sqlite3_finalize(st);
+    KVS_FORWARD(rpt_close(dat, rc == SQLITE_DONE ? KVS_OK
+                                                  : kvs_fail(KVS_ERR_DB, "%s: query failed", ctx->db_path)));
+
+    snprintf(subject, sizeof subject, "Output error per layer and query head: %s", r->label);
+    snprintf(file, sizeof file, "%s.gp", name);
+    KVS_FORWARD(rpt_open(ctx, file, &gp));
+    fp = kvs_outfile_stream(gp);
+    rpt_gp_begin(fp, ctx, name, 900, 760);
+    write_title(fp, t, subject);
+    fprintf(fp, "    set xlabel \"query head\"\n    set ylabel \"layer\"\n");
+    if (log_cb)
+        fprintf(fp, "    set cblabel \"output relative error (log scale)\"\n    set logscale cb\n");
+    else
+        fprintf(fp, "    set cblabel \"output relative error\"\n");
+    fprintf(fp, "    set palette defined (0 \"#ffffcc\", 1 \"#fd8d3c\", 2 \"#bd0026\")\n");
+    fprintf(fp, "    set xrange [-0.5:%lld.5]\n    set yrange [-0.5:%lld.5]\n", (long long)t->n_heads - 1,
+            (long long)t->n_layers - 1);
+    fprintf(fp, "    set xtics 1\n    set ytics %d\n    set tics out\n", t->n_layers > 16 ? 2 : 1);
+    write_key_note(fp, any_zero, floor);
+    fprintf(fp, "    plot \"%s.dat\" using 2:1:4 with image notitle\n", name);
+    rpt_gp_end(fp);
+    return finish_figure(ctx, ti, name, gp, subject,
+                         "Output relative error of every (layer, query head), mean over evaluation steps.");
+}
+
+/* Heatmaps for the kernels named with --kernel, else for the Pareto front
+** runs, at most MAX_HEATMAPS per trace. */
+static kvs_status_e figure_heatmaps(rpt_ctx_t *ctx, uint32_t ti)
+{
+    const rpt_trace_t *t = &ctx->traces[ti];
+    int filtered = ctx->opts && ctx->opts->n_kernels > 0;
+    int n = 0;
+
+    for (uint32_t i = 0; i < t->n_runs && n < MAX_HEATMAPS; i++) {
+        const rpt_run_t *r = &t->runs[i];
+        if (r->done && (filtered || r->on_front))
+            KVS_FORWARD(figure_heatmap(ctx, ti, r, n++));
+    }
+    return KVS_OK;
+}
+
+/* ---- top-1 / top-8 agreement ------------------------------------------ */
+
+static kvs_status_e figure_agreement(rpt_ctx_t *ctx, uint32_t ti)
+{
+    const rpt_trace_t *t = &ctx->traces[ti];
+    char name[64], file[96];
+    kvs_outfile_t *dat, *gp;
+    int n_done = 0;
+    FILE *fp;
+
+    for (uint32_t i = 0; i < t->n_runs; i++)
+        n_done += t->runs[i].done;
+    if (!n_done)
+        return KVS_OK;
+
+    snprintf(name, sizeof name, "agreement_%s", t->short_hash);
+    snprintf(file, sizeof file, "%s.dat", name);
+    KVS_FORWARD(rpt_open(ctx, file, &dat));
+    fp = kvs_outfile_stream(dat);
+    fprintf(fp, "# kernel\ttop1_agreement\ttop8_agreement\n");
+    for (uint32_t i = 0; i < t->n_runs; i++) {
+        const rpt_run_t *r = &t->runs[i];
+        if (!r->done)
+            continue;
+        rpt_data_string(fp, r->label);
+        fprintf(fp, "\t%.9g\t%.9g\n", isnan(r->top1) ? 0.0 : r->top1, isnan(r->top8) ? 0.0 : r->top8);
+    }
+    KVS_FORWARD(rpt_close(dat, KVS_OK));
+
+    snprintf(file, sizeof file, "%s.gp", name);
+    KVS_FORWARD(rpt_open(ctx, file, &gp));
+    fp = kvs_outfile_stream(gp);
+    rpt_gp_begin(fp, ctx, name, n_done > 12 ? 300 + 70 * n_done : 1100, 700);
+    write_title(fp, t, "Top-1 and top-8 attention agreement with exact attention");
+    fprintf(fp, "    set ylabel \"agreement (fraction of evaluation steps / of top-8 positions)\"\n");
+    fprintf(fp, "    set yrange [0:1.05]\n    set grid ytics lc rgb \"#dddddd\"\n");
+    fprintf(fp, "    set style data histograms\n    set style histogram clustered gap 1\n");
+    fprintf(fp, "    set style fill solid 0.85 border -1\n    set boxwidth 0.9\n");
+    fprintf(fp, "    set xtics rotate by -35 font \",9\"\n    set bmargin 10\n");
+    fprintf(fp, "    set key outside right top box\n");
+    fprintf(fp, "    plot \"%s.dat\" using 2:xtic(1) title \"top-1 match rate\" lc rgb \"#3b75af\", \\\n", name);
+    fprintf(fp, "         \"\" using 3 title \"top-8 overlap\" lc rgb \"#ef8636\"\n");
+    rpt_gp_end(fp);
+    return finish_figure(ctx, ti, name, gp, "Top-1 and top-8 agreement",
+                         "Fraction of evaluation steps whose most-attended position matches exact attention "
+                         "(top-1), and mean overlap of the 8 most-attended positions (top-8), over all heads.");
+}
+
+/* ---- attention step time vs context ----------------------------------- */
+
+typedef struct timing_row {
+    char *kernel;
+    char *scope;
+    char *host;
+    int64_t context;
+    double attend_seconds;
+    int64_t read_bytes;
+} timing_row_t;
+
+static void free_timings(timing_row_t *rows, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(rows[i].kernel);
+        free(rows[i].scope);
+        free(rows[i].host);
+    }
+    free(rows);
+}
+
+/* Reads the timing view for trace ti: whole-model rows when a kernel has
+** them, else its one-head rows. */
+static kvs_status_e load_timings(rpt_ctx_t *ctx, uint32_t ti, timing_row_t **out, size_t *n)
+{
+    const rpt_trace_t *t = &ctx->traces[ti];
+    sqlite3_stmt *st;
+    size_t cap = 0;
+    int rc;
+
+    *out = NULL;
+    *n = 0;
+    if (sqlite3_prepare_v2(ctx->conn,
+                           "SELECT kernel, scope, host, context, attend_seconds, read_bytes FROM timing t "
+                           "WHERE trace_id = ?1 AND attend_seconds IS NOT NULL AND (scope = 'model' OR NOT EXISTS "
+                           "(SELECT 1 FROM timing m WHERE m.trace_id = ?1 AND m.kernel = t.kernel "
+                           "AND m.scope = 'model')) ORDER BY kernel, host, scope, context",
+                           -1, &st, NULL) != SQLITE_OK)
+        return kvs_fail(KVS_ERR_DB, "%s: reading timings failed: %s", ctx->db_path, sqlite3_errmsg(ctx->conn));
+    sqlite3_bind_int64(st, 1, t->id);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *kernel = (const char *)sqlite3_column_text(st, 0);
+        if (!rpt_kernel_selected(ctx, kernel))
+            continue;
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 32;
+            timing_row_t *grown = realloc(*out, cap * sizeof *grown);
+            if (!grown) {
+                sqlite3_finalize(st);
+                return kvs_fail(KVS_ERR_NOMEM, "out of memory reading timings");
+            }
+            *out = grown;
+        }
+        timing_row_t *row = &(*out)[(*n)++];
+        row->kernel = strdup(kernel);
+        row->scope = strdup((const char *)sqlite3_column_text(st, 1));
+        row->host = strdup((const char *)sqlite3_column_text(st, 2));
+        row->context = sqlite3_column_int64(st, 3);
+        row->attend_seconds = sqlite3_column_double(st, 4);
+        row->read_bytes = sqlite3_column_int64(st, 5);
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE)
+        return kvs_fail(KVS_ERR_DB, "%s: reading timings failed: %s", ctx->db_path, sqlite3_errmsg(ctx->conn));
+    return KVS_OK;
+}
+
+static int same_series(const timing_row_t *a, const timing_row_t *b)
+{
+    return !strcmp(a->kernel, b->kernel) && !strcmp(a->scope, b->scope) && !strcmp(a->host, b->host);
+}
+
+static void series_label(char *buf, size_t cap, const timing_row_t *row)
+{
+    snprintf(buf, cap, "%s%s [%s]", row->kernel, strcmp(row->scope, "model") ? " (one head)" : "", row->host);
+}
+
+/* Projected seconds of one timing row on dev: whole-model rows count every
+** layer's overhead and every query head's flops; one-head rows one. */
+static double project_row(const rpt_trace_t *t, const kvs_device_t *dev, const timing_row_t *row)
+{
+    int model = !strcmp(row->scope, "model");
+    uint32_t layers = model ? (uint32_t)t->n_layers : 1;
+    uint32_t heads = model ? (uint32_t)t->n_heads : (uint32_t)(t->n_heads / (t->n_kv_heads ? t->n_kv_heads : 1));
+    double flops = kvs_costmodel_attention_flops(layers, heads, (uint32_t)t->head_dim, (uint64_t)row->context);
+
+    return kvs_costmodel_project(dev, (double)row->read_bytes, flops, layers);
+}
+
+static kvs_status_e figure_timing(rpt_ctx_t *ctx, uint32_t ti)
+{
+    const rpt_trace_t *t = &ctx->traces[ti];
+    timing_row_t *rows;
+    size_t n;
+    char name[64], file[96], label[512];
+    kvs_outfile_t *dat, *gp;
+    kvs_status_e rc;
+    uint32_t n_dev = kvs_costmodel_n_devices(ctx->devices);
+    FILE *fp;
+
+    KVS_FORWARD(load_timings(ctx, ti, &rows, &n));
+    if (n == 0) {
+        free(rows);
+        return KVS_OK;
+    }
+
+    /* Columns: context, measured seconds, bytes read, then the projection
+    ** on each device; one block per (kernel, scope, host). */
+    snprintf(name, sizeof name, "timing_%s", t->short_hash);
+    snprintf(file, sizeof file, "%s.dat", name);
+    rc = rpt_open(ctx, file, &dat);
+    if (rc != KVS_OK) {
+        free_timings(rows, n);
+        return rc;
+    }
+    fp = kvs_outfile_stream(dat);
+    fprintf(fp, "# context_tokens\tmeasured_seconds\tread_bytes");
+    for (uint32_t d = 0; d < n_dev; d++)
+        fprintf(fp, "\tprojected_seconds[%s]", kvs_costmodel_device(ctx->devices, d)->name);
+    fprintf(fp, "\n");
+    int n_series = 0;
+    double min_context = INFINITY, max_context = 0;
+    for (size_t i = 0; i < n; i++) {
+        min_context = fmin(min_context, (double)rows[i].context);
+        max_context = fmax(max_context, (double)rows[i].context);
+        if (i == 0 || !same_series(&rows[i], &rows[i - 1])) {
+            if (i)
+                fprintf(fp, "\n\n");
+            series_label(label, sizeof label, &rows[i]);
+            fprintf(fp, "# %s\n", label);
+            n_series++;
+        }
+        fprintf(fp, "%lld\t%.9g\t%lld", (long long)rows[i].context, rows[i].attend_seconds,
+                (long long)rows[i].read_bytes);
+        for (uint32_t d = 0; d < n_dev; d++)
+            fprintf(fp, "\t%.9g", project_row(t, kvs_costmodel_device(ctx->devices, d), &rows[i]));
+        fprintf(fp, "\n");
+    }
+    rc = rpt_close(dat, KVS_OK);
+
+    /* Measured on this host. */
+    if (rc == KVS_OK) {
+        snprintf(file, sizeof file, "%s.gp", name);
+        rc = rpt_open(ctx, file, &gp);
+    }
+    if (rc == KVS_OK) {
+        fp = kvs_outfile_stream(gp);
+        rpt_gp_begin(fp, ctx, name, 1100, 700);
+        write_title(fp, t, "Measured attention step time vs context length (kvsim bench)");
+        fprintf(fp, "    set xlabel \"context length (tokens, log scale)\"\n");
+        fprintf(fp, "    set ylabel \"attention step time (seconds, median, log scale)\"\n");
+        fprintf(fp, "    set logscale xy\n    set grid xtics ytics mytics lc rgb \"#dddddd\"\n");
+        fprintf(fp, "    set xrange [%.6g:%.6g]\n", min_context / 1.3, max_context * 1.3);
+        rpt_gp_log_tics(fp, "x", min_context / 1.3, max_context * 1.3);
+        fprintf(fp, "    set key outside right top box\n    plot \\\n");
+        int block = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (i && same_series(&rows[i], &rows[i - 1]))
+                continue;
+            series_label(label, sizeof label, &rows[i]);
+            fprintf(fp, "        \"%s.dat\" index %d using 1:2 with linespoints pt 7 lw 2 title ", name, block);
+            rpt_gp_string(fp, label);
+            fprintf(fp, "%s\n", ++block < n_series ? ", \\" : "");
+        }
+        rpt_gp_end(fp);
+        rc = finish_figure(ctx, ti, name, gp, "Measured attention step time vs context length",
+                           "Median time of one attention decode step measured by kvsim bench on the host in "
+                           "brackets, whole model unless marked (one head).");
+    }
+
+    /* Roofline estimates: one panel per device, reading the same file. */
+    char proj[64];
+    snprintf(proj, sizeof proj, "projected_%s", t->short_hash);
+    if (rc == KVS_OK) {
+        snprintf(file, sizeof file, "%s.gp", proj);
+        rc = rpt_open(ctx, file, &gp);
+    }
+    if (rc == KVS_OK) {
+        int cols = n_dev > 4 ? 3 : 2;
+        int rows_n = (int)((n_dev + (uint32_t)cols - 1) / (uint32_t)cols);
+        fp = kvs_outfile_stream(gp);
+        rpt_gp_begin(fp, ctx, proj, 1300, 420 * rows_n + 120);
+        char title[1024];
+        snprintf(title, sizeof title,
+                 "Projected attention step time (roofline estimate: max(bytes/bandwidth, flops/peak) + "
+                 "overhead x layers)\n%s, trace %s%s%s",
+                 t->model, t->short_hash, t->synthetic ? "\n" : "", t->synthetic ? RPT_SYNTHETIC_BANNER : "");
+        fprintf(fp, "    set multiplot layout %d,%d title ", rows_n, cols);
+        rpt_gp_string(fp, title);
+        fprintf(fp, "\n    set logscale xy\n    set grid xtics ytics lc rgb \"#dddddd\"\n");
+        fprintf(fp, "    set xrange [%.6g:%.6g]\n", min_context / 1.3, max_context * 1.3);
+        rpt_gp_log_tics(fp, "x", min_context / 1.3, max_context * 1.3);
+        fprintf(fp, "    set xlabel \"context length (tokens)\"\n    set ylabel \"seconds per step (estimate)\"\n");
+        fprintf(fp, "    set key bottom right font \",8\"\n");
+        for (uint32_t d = 0; d < n_dev; d++) {
+            fprintf(fp, "    set title ");
+            rpt_gp_string(fp, kvs_costmodel_device(ctx->devices, d)->name);
+            fprintf(fp, "\n    plot \\\n");
+            int block = 0;
+            for (size_t i = 0; i < n; i++) {
+                if (i && same_series(&rows[i], &rows[i - 1]))
+                    continue;
+                series_label(label, sizeof label, &rows[i]);
+                fprintf(fp, "        \"%s.dat\" index %d using 1:%u with linespoints pt 7 ps 0.6 title ", name, block,
+                        4 + d);
+                rpt_gp_string(fp, label);
+                fprintf(fp, "%s\n", ++block < n_series ? ", \\" : "");
+            }
+        }
+        fprintf(fp, "    unset multiplot\n");
+        rpt_gp_end(fp);
+        rc = finish_figure(ctx, ti, proj, gp, "Projected attention step time on named devices (roofline estimates)",
+                           "Roofline estimates from the bytes each step reads (as measured rows record them) and "
+                           "the flops of exact attention, on the device profiles in devices.tsv. These are "
+                           "estimates at peak bandwidth and throughput, not measurements.");
+    }
+    free_timings(rows, n);
+    return rc;
+}
+
+kvs_status_e rpt_figures_for_trace(rpt_ctx_t *ctx, uint32_t t)
+{
+    KVS_FORWARD(figure_error_bytes(ctx, t));
+    KVS_FORWARD(figure_lines(ctx, t, "layer_error",
+                             "SELECT layer, AVG(output_rel_error) FROM layer_error WHERE run_id = ? "
+                             "GROUP BY layer ORDER BY layer",
+                             "Output error per layer", "layer", "output relative error, mean over heads (log scale)",
+                             "Mean output relative error over the query heads of each layer, one line per kernel."));
+    KVS_FORWARD(figure_heatmaps(ctx, t));
+    KVS_FORWARD(figure_lines(ctx, t, "position_error",
+                             "SELECT (pos_start + pos_end) / 2.0, output_rel_error FROM position_error "
+                             "WHERE run_id = ? ORDER BY bucket",
+                             "Output error vs context position", "query position (tokens; buckets of 64, centre)",
+                             "output relative error, step-weighted mean (log scale)",
+                             "Output relative error by the query's position in the context, averaged over all "
+                             "heads in buckets of 64 positions."));
+    KVS_FORWARD(figure_agreement(ctx, t));
+    return figure_timing(ctx, t);
+}
