@@ -48,7 +48,7 @@ static float bits_f32(uint32_t u)
     return x;
 }
 
-uint16_t kvs_f32_to_bf16(float x)
+uint16_t kvs_fp_f32_to_bf16(float x)
 {
     uint32_t u = f32_bits(x);
 
@@ -58,12 +58,12 @@ uint16_t kvs_f32_to_bf16(float x)
     return (uint16_t)(u >> 16);
 }
 
-float kvs_bf16_to_f32(uint16_t h)
+float kvs_fp_bf16_to_f32(uint16_t h)
 {
     return bits_f32((uint32_t)h << 16);
 }
 
-uint16_t kvs_f32_to_f16(float x)
+uint16_t kvs_fp_f32_to_f16(float x)
 {
     uint32_t u = f32_bits(x);
     uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
@@ -87,7 +87,7 @@ uint16_t kvs_f32_to_f16(float x)
     return sign | (uint16_t)h;
 }
 
-float kvs_f16_to_f32(uint16_t h)
+float kvs_fp_f16_to_f32(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     uint32_t e = (h >> 10) & 0x1Fu;
@@ -142,7 +142,7 @@ static unsigned minifloat_encode_mag(double a, unsigned max_mag, int ebits, int 
 
 /* OFP8 E4M3: bias 7, no infinities, S.1111.111 is NaN, max normal 448
 ** (S.1111.110). */
-uint8_t kvs_f32_to_e4m3(float x)
+uint8_t kvs_fp_f32_to_e4m3(float x)
 {
     uint8_t sign = signbit(x) ? 0x80 : 0x00;
 
@@ -151,7 +151,7 @@ uint8_t kvs_f32_to_e4m3(float x)
     return sign | (uint8_t)minifloat_encode_mag(fabs((double)x), 0x7E, 4, 3, 7);
 }
 
-float kvs_e4m3_to_f32(uint8_t c)
+float kvs_fp_e4m3_to_f32(uint8_t c)
 {
     unsigned mag = c & 0x7Fu;
 
@@ -163,7 +163,7 @@ float kvs_e4m3_to_f32(uint8_t c)
 
 /* OFP8 E5M2: bias 15, IEEE-like infinities (S.11111.00) and NaNs, max
 ** normal 57344 (S.11110.11). Saturating mode maps infinities to max. */
-uint8_t kvs_f32_to_e5m2(float x)
+uint8_t kvs_fp_f32_to_e5m2(float x)
 {
     uint8_t sign = signbit(x) ? 0x80 : 0x00;
 
@@ -172,7 +172,7 @@ uint8_t kvs_f32_to_e5m2(float x)
     return sign | (uint8_t)minifloat_encode_mag(fabs((double)x), 0x7B, 5, 2, 15);
 }
 
-float kvs_e5m2_to_f32(uint8_t c)
+float kvs_fp_e5m2_to_f32(uint8_t c)
 {
     unsigned mag = c & 0x7Fu;
 
@@ -191,10 +191,10 @@ void kvs_fp_encode(kvs_fp_e fmt, const float *src, void *dst, size_t n)
 
     switch (fmt) {
     case KVS_FP_F32: memcpy(dst, src, n * 4); break;
-    case KVS_FP_F16: for (size_t i = 0; i < n; i++) h[i] = kvs_f32_to_f16(src[i]); break;
-    case KVS_FP_BF16: for (size_t i = 0; i < n; i++) h[i] = kvs_f32_to_bf16(src[i]); break;
-    case KVS_FP_E4M3: for (size_t i = 0; i < n; i++) b[i] = kvs_f32_to_e4m3(src[i]); break;
-    case KVS_FP_E5M2: for (size_t i = 0; i < n; i++) b[i] = kvs_f32_to_e5m2(src[i]); break;
+    case KVS_FP_F16: for (size_t i = 0; i < n; i++) h[i] = kvs_fp_f32_to_f16(src[i]); break;
+    case KVS_FP_BF16: for (size_t i = 0; i < n; i++) h[i] = kvs_fp_f32_to_bf16(src[i]); break;
+    case KVS_FP_E4M3: for (size_t i = 0; i < n; i++) b[i] = kvs_fp_f32_to_e4m3(src[i]); break;
+    case KVS_FP_E5M2: for (size_t i = 0; i < n; i++) b[i] = kvs_fp_f32_to_e5m2(src[i]); break;
     default: break;
     }
 }
@@ -206,10 +206,10 @@ void kvs_fp_decode(kvs_fp_e fmt, const void *src, float *dst, size_t n)
 
     switch (fmt) {
     case KVS_FP_F32: memcpy(dst, src, n * 4); break;
-    case KVS_FP_F16: for (size_t i = 0; i < n; i++) dst[i] = kvs_f16_to_f32(h[i]); break;
-    case KVS_FP_BF16: for (size_t i = 0; i < n; i++) dst[i] = kvs_bf16_to_f32(h[i]); break;
-    case KVS_FP_E4M3: for (size_t i = 0; i < n; i++) dst[i] = kvs_e4m3_to_f32(b[i]); break;
-    case KVS_FP_E5M2: for (size_t i = 0; i < n; i++) dst[i] = kvs_e5m2_to_f32(b[i]); break;
+    case KVS_FP_F16: for (size_t i = 0; i < n; i++) dst[i] = kvs_fp_f16_to_f32(h[i]); break;
+    case KVS_FP_BF16: for (size_t i = 0; i < n; i++) dst[i] = kvs_fp_bf16_to_f32(h[i]); break;
+    case KVS_FP_E4M3: for (size_t i = 0; i < n; i++) dst[i] = kvs_fp_e4m3_to_f32(b[i]); break;
+    case KVS_FP_E5M2: for (size_t i = 0; i < n; i++) dst[i] = kvs_fp_e5m2_to_f32(b[i]); break;
     default: break;
     }
 }
@@ -238,12 +238,12 @@ float kvs_fp_round_dir(kvs_fp_e fmt, float x, int dir)
     if (fmt == KVS_FP_F32 || !isfinite(x))
         return x;
 
-    uint16_t h = fmt == KVS_FP_F16 ? kvs_f32_to_f16(x) : kvs_f32_to_bf16(x);
-    float y = fmt == KVS_FP_F16 ? kvs_f16_to_f32(h) : kvs_bf16_to_f32(h);
+    uint16_t h = fmt == KVS_FP_F16 ? kvs_fp_f32_to_f16(x) : kvs_fp_f32_to_bf16(x);
+    float y = fmt == KVS_FP_F16 ? kvs_fp_f16_to_f32(h) : kvs_fp_bf16_to_f32(h);
 
     if ((dir > 0 && y < x) || (dir < 0 && y > x)) {
         h = step16(h, dir > 0);
-        y = fmt == KVS_FP_F16 ? kvs_f16_to_f32(h) : kvs_bf16_to_f32(h);
+        y = fmt == KVS_FP_F16 ? kvs_fp_f16_to_f32(h) : kvs_fp_bf16_to_f32(h);
     }
     return y;
 }
