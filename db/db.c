@@ -154,12 +154,31 @@ static kvs_status_e prepare_writes(kvs_db_t *db)
 
 /* Identifies the file and brings its schema to `target` (read-write) or
 ** checks that it is exactly the current version (read-only). */
+/* Reads the schema version, application id and number of schema objects in
+** one read transaction. Another process may be migrating the file, and
+** separate reads could see the version from before its commit and the
+** tables from after it. */
+static kvs_status_e read_identity(kvs_db_t *db, int64_t *version, int64_t *app_id, int64_t *n_objects)
+{
+    kvs_status_e rc;
+
+    KVS_FORWARD(kvs_db_exec(db->conn, db->path, "BEGIN"));
+    rc = query_int(db->conn, db->path, "PRAGMA user_version", version);
+    if (rc == KVS_OK)
+        rc = query_int(db->conn, db->path, "PRAGMA application_id", app_id);
+    if (rc == KVS_OK)
+        rc = query_int(db->conn, db->path, "SELECT COUNT(*) FROM sqlite_master", n_objects);
+    if (rc == KVS_OK)
+        return kvs_db_exec(db->conn, db->path, "COMMIT");
+    sqlite3_exec(db->conn, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
+}
+
 static kvs_status_e open_schema(kvs_db_t *db, int target)
 {
     int64_t version, app_id, n_objects;
 
-    KVS_FORWARD(query_int(db->conn, db->path, "PRAGMA user_version", &version));
-    KVS_FORWARD(query_int(db->conn, db->path, "PRAGMA application_id", &app_id));
+    KVS_FORWARD(read_identity(db, &version, &app_id, &n_objects));
     KVS_RETURN_IF(version > kvs_db_schema_version(), KVS_ERR_DB_SCHEMA,
                   "database %s has schema version %lld, newer than the version %d this kvsim reads; "
                   "use a newer kvsim or another file",
@@ -170,7 +189,6 @@ static kvs_status_e open_schema(kvs_db_t *db, int target)
                       "give another file",
                       db->path, (long long)app_id);
     } else {
-        KVS_FORWARD(query_int(db->conn, db->path, "SELECT COUNT(*) FROM sqlite_master", &n_objects));
         KVS_RETURN_IF(n_objects > 0 || app_id != 0, KVS_ERR_DB_SCHEMA,
                       "%s is an SQLite database but not a kvsim results database (it has %lld schema objects "
                       "and no kvsim schema version); give another file",

@@ -502,6 +502,121 @@ START_TEST(bad_paths_explained)
 }
 END_TEST
 
+/* Shards split the units by parity and both hold unit (kernel 3, layer 0,
+** KV head 1), as two machines resuming the same work might. */
+static int shard_even(int k, uint32_t layer, uint32_t kv_head)
+{
+    return (k + layer + kv_head) % 2 == 0 || (k == 3 && layer == 0 && kv_head == 1);
+}
+
+static int shard_odd(int k, uint32_t layer, uint32_t kv_head)
+{
+    return (k + layer + kv_head) % 2 == 1 || (k == 3 && layer == 0 && kv_head == 1);
+}
+
+/* Runs sql on both files and checks the result rows are equal, in order. */
+static void assert_same_rows(const char *a_path, const char *b_path, const char *sql)
+{
+    sqlite3 *a = raw_open(a_path), *b = raw_open(b_path);
+    sqlite3_stmt *sa, *sb;
+    int n = 0;
+
+    ck_assert_int_eq(sqlite3_prepare_v2(a, sql, -1, &sa, NULL), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_prepare_v2(b, sql, -1, &sb, NULL), SQLITE_OK);
+    for (;;) {
+        int ra = sqlite3_step(sa), rb = sqlite3_step(sb);
+        ck_assert_msg(ra == rb, "%s: row %d present in one file only", sql, n);
+        if (ra != SQLITE_ROW)
+            break;
+        for (int c = 0; c < sqlite3_column_count(sa); c++) {
+            const char *x = (const char *)sqlite3_column_text(sa, c);
+            const char *y = (const char *)sqlite3_column_text(sb, c);
+            ck_assert_msg((!x && !y) || (x && y && !strcmp(x, y)), "%s: row %d column %d: %s vs %s", sql, n, c,
+                          x ? x : "NULL", y ? y : "NULL");
+        }
+        n++;
+    }
+    ck_assert_int_gt(n, 0);
+    sqlite3_finalize(sa);
+    sqlite3_finalize(sb);
+    sqlite3_close(a);
+    sqlite3_close(b);
+}
+
+START_TEST(merge_equals_single_database)
+{
+    char *dir = kvs_test_tmpdir("db_merge");
+    char all[4300], even[4300], odd[4300], merged[4300];
+    const char *inputs[2] = {even, odd};
+
+    snprintf(all, sizeof all, "%s/all.db", dir);
+    snprintf(even, sizeof even, "%s/even.db", dir);
+    snprintf(odd, sizeof odd, "%s/odd.db", dir);
+    snprintf(merged, sizeof merged, "%s/merged.db", dir);
+    fx_build(all, fx_all, -1, 0);
+    fx_build(even, shard_even, -1, 0);
+    fx_build(odd, shard_odd, -1, 0);
+
+    ck_assert_int_eq(kvs_db_merge(merged, inputs, 2), KVS_OK);
+    assert_same_rows(all, merged,
+                     "SELECT t.content_hash, r.kernel_spec, m.* FROM metrics m JOIN runs r ON r.id = m.run_id "
+                     "JOIN traces t ON t.id = r.trace_id ORDER BY t.content_hash, r.kernel_spec, m.layer, m.head");
+    assert_same_rows(all, merged,
+                     "SELECT t.content_hash, r.kernel_spec, b.layer, b.head, b.bucket, b.pos_start, b.pos_end, "
+                     "b.n_steps, b.out_rel_l2, b.logit_rmse FROM buckets b JOIN runs r ON r.id = b.run_id "
+                     "JOIN traces t ON t.id = r.trace_id ORDER BY 1, 2, 3, 4, 5");
+    assert_same_rows(all, merged,
+                     "SELECT trace_hash, kernel, family, bytes_per_token, output_rel_error, top1_agreement, "
+                     "n_head_rows, n_units, status FROM kernel_summary ORDER BY trace_hash, kernel");
+    assert_same_rows(all, merged, "SELECT trace_hash, kernel FROM pareto ORDER BY trace_hash, kernel");
+    assert_same_rows(all, merged, "SELECT COUNT(*) FROM traces");
+    assert_same_rows(all, merged, "SELECT kernel, context, read_bytes FROM timing ORDER BY kernel, context");
+
+    /* The output is a current-version kvsim database and the inputs
+    ** remain; a second merge onto an existing file is rejected. */
+    kvs_db_t *db;
+    ck_assert_int_eq(kvs_db_open_readonly(merged, &db), KVS_OK);
+    kvs_db_close(db);
+    ck_assert_int_eq(kvs_db_merge(merged, inputs, 2), KVS_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(kvs_error_message(), "already exists"));
+    free(dir);
+}
+END_TEST
+
+START_TEST(merge_rejects_conflicting_unit)
+{
+    char *dir = kvs_test_tmpdir("db_merge_conflict");
+    char even[4300], odd[4300], merged[4300], old[4300];
+    const char *inputs[2] = {even, odd};
+    struct stat st;
+
+    snprintf(even, sizeof even, "%s/even.db", dir);
+    snprintf(odd, sizeof odd, "%s/odd.db", dir);
+    snprintf(merged, sizeof merged, "%s/merged.db", dir);
+    fx_build(even, shard_even, -1, 0);
+    /* Kernel 3 (quanto:bits=2) differs in the odd shard, including the
+    ** unit both shards hold. */
+    fx_build(odd, shard_odd, 3, 0.01);
+
+    ck_assert_int_eq(kvs_db_merge(merged, inputs, 2), KVS_ERR_DB_SCHEMA);
+    ck_assert_msg(strstr(kvs_error_message(), "'quanto:bits=2'") != NULL, "%s", kvs_error_message());
+    ck_assert_ptr_nonnull(strstr(kvs_error_message(), "layer 0 kv_head 1"));
+    ck_assert_ptr_nonnull(strstr(kvs_error_message(), fx_trace_hash[0]));
+    ck_assert_int_ne(stat(merged, &st), 0);
+
+    /* An input of an older schema version is rejected before any write. */
+    snprintf(old, sizeof old, "%s/old.db", dir);
+    kvs_db_t *db;
+    ck_assert_int_eq(kvs_db_open_at_version(old, 1, &db), KVS_OK);
+    kvs_db_close(db);
+    inputs[1] = old;
+    ck_assert_int_eq(kvs_db_merge(merged, inputs, 2), KVS_ERR_DB_SCHEMA);
+    ck_assert_ptr_nonnull(strstr(kvs_error_message(), "merge input 2"));
+    ck_assert_int_ne(stat(merged, &st), 0);
+    free(dir);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("db");
@@ -519,6 +634,8 @@ int main(void)
     tcase_add_test(tc, newer_version_rejected);
     tcase_add_test(tc, version_1_file_migrates);
     tcase_add_test(tc, bad_paths_explained);
+    tcase_add_test(tc, merge_equals_single_database);
+    tcase_add_test(tc, merge_rejects_conflicting_unit);
     suite_add_tcase(s, tc);
     return kvs_test_run(s);
 }
