@@ -57,6 +57,9 @@ static inline void rt_params(const kvs_param_doc_t *docs, const char *text, kvs_
             p->text[i] = NULL;
         } else {
             p->number[i] = strtod(value, NULL);
+            /* BUDGET in percent is stored as a negative fraction. */
+            if (docs[i].type == KVS_PARAM_BUDGET && strchr(value, '%'))
+                p->number[i] = -p->number[i] / 100.0;
         }
         p->n = i + 1;
     }
