@@ -122,9 +122,21 @@ static void mv_worker(void *ctx, uint32_t tid, uint32_t nt)
     }
 }
 
+/* Weight elements (or cached floats for attention) below which a step runs
+** on the calling thread: waking a worker costs microseconds, and far more
+** when other processes share the cores, which a small step cannot repay. */
+#define PARALLEL_MIN_ELEMS (1u << 19)
+
 static void matvec_parallel(kvs_forward_t *f, mv_batch_t *b)
 {
-    kvs_pool_run(f->pool, mv_worker, b);
+    uint64_t elems = 0;
+
+    for (int j = 0; j < b->n; j++)
+        elems += (uint64_t)b->w[j]->rows * b->w[j]->cols;
+    if (elems < PARALLEL_MIN_ELEMS)
+        mv_worker(b, 0, 1);
+    else
+        kvs_pool_run(f->pool, mv_worker, b);
 }
 
 typedef struct attn_step {
@@ -242,7 +254,10 @@ static kvs_status_e run_layer(kvs_forward_t *f, uint32_t l, uint32_t n)
 
     if (n == 1) {
         attn_step_t a = {f, l, p0};
-        kvs_pool_run(f->pool, attn_worker, &a);
+        if ((uint64_t)(p0 + 1) * f->kv_dim * 2 < PARALLEL_MIN_ELEMS)
+            attn_worker(&a, 0, 1);
+        else
+            kvs_pool_run(f->pool, attn_worker, &a);
         /* The residual add is done after the product so x is read once. */
         mv_batch_t b = {{&L->wo}, {f->att}, {f->xn}, 1};
         matvec_parallel(f, &b);

@@ -2,6 +2,7 @@
 #include "pool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -151,8 +152,14 @@ void kvs_pool_run(kvs_pool_t *p, kvs_pool_fn fn, void *ctx)
     }
 
     fn(ctx, 0, p->n_threads);
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0)
-        cpu_relax();
+    /* A worker that lost its core finishes only when rescheduled; yielding
+    ** after a short spin hands the core over instead of burning it. */
+    for (int spins = 0; atomic_load_explicit(&p->pending, memory_order_acquire) != 0; spins++) {
+        if (spins < 2000)
+            cpu_relax();
+        else
+            sched_yield();
+    }
 }
 
 uint32_t kvs_pool_default_threads(void)

@@ -290,7 +290,7 @@ kvs_status_e kvs_st_open(const char *path, kvs_st_file_t **out)
     }
     f->size = (size_t)st.st_size;
     if (f->size > 0) {
-        void *p = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
+        void *p = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
         if (p == MAP_FAILED) {
             int e = errno;
             close(fd);
