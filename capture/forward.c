@@ -160,11 +160,11 @@ static void attn_worker(void *ctx, uint32_t tid, uint32_t nt)
         float *out = f->att + (size_t)h * hd;
 
         for (uint32_t j = 0; j < T; j++)
-            s[j] = kvs_dot_f32(qh, kc + (size_t)j * f->kv_dim + (size_t)g * hd, hd) * f->scale;
+            s[j] = kvs_mv_dot_f32(qh, kc + (size_t)j * f->kv_dim + (size_t)g * hd, hd) * f->scale;
         softmax(s, T);
         memset(out, 0, hd * sizeof *out);
         for (uint32_t j = 0; j < T; j++)
-            kvs_axpy_f32(out, s[j], vc + (size_t)j * f->kv_dim + (size_t)g * hd, hd);
+            kvs_mv_axpy_f32(out, s[j], vc + (size_t)j * f->kv_dim + (size_t)g * hd, hd);
     }
 }
 

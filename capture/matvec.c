@@ -245,7 +245,7 @@ void kvs_matvec(const kvs_weight_t *w, uint32_t row0, uint32_t row1, const float
     kvs_matvec_ref(w, row0, row1, x, y);
 }
 
-float kvs_dot_f32(const float *a, const float *b, uint32_t n)
+float kvs_mv_dot_f32(const float *a, const float *b, uint32_t n)
 {
 #ifdef KVS_X86
     if (kvs_matvec_simd())
@@ -254,7 +254,7 @@ float kvs_dot_f32(const float *a, const float *b, uint32_t n)
     return dot_ref(a, b, n);
 }
 
-void kvs_axpy_f32(float *y, float alpha, const float *x, uint32_t n)
+void kvs_mv_axpy_f32(float *y, float alpha, const float *x, uint32_t n)
 {
 #ifdef KVS_X86
     if (kvs_matvec_simd()) {

@@ -28,8 +28,8 @@ void kvs_matvec_ref(const kvs_weight_t *w, uint32_t row0, uint32_t row1, const f
                     float *y);
 
 /* Sum of a[i]*b[i] and y += alpha*x, used by decode attention. */
-float kvs_dot_f32(const float *a, const float *b, uint32_t n);
-void kvs_axpy_f32(float *y, float alpha, const float *x, uint32_t n);
+float kvs_mv_dot_f32(const float *a, const float *b, uint32_t n);
+void kvs_mv_axpy_f32(float *y, float alpha, const float *x, uint32_t n);
 
 /* 1 when the AVX2 path is in use (CPU support and not disabled by setting
 ** KVSIM_NO_SIMD=1 in the environment). */
