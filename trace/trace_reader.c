@@ -48,7 +48,7 @@ struct kvs_trace {
     uint32_t block_tokens;
     uint32_t n_tokens;
     uint32_t n_blocks;          /* frames per (kind, layer) */
-    size_t max_frame_bytes;
+    size_t max_frame_bytes;     /* largest raw_bytes in the index */
 
     kvs_trace_entry_t *entries; /* in index order */
     uint32_t n_entries;
@@ -154,7 +154,6 @@ static kvs_status_e check_header(kvs_trace_t *t, uint64_t *bad)
         return FAIL_AT(bad, 36, KVS_ERR_TRACE_FORMAT,
                        "%s: frames of %u tokens would hold %llu bytes, above the %u-byte limit", p,
                        h.block_tokens, (unsigned long long)frame, KVS_TRACE_MAX_FRAME_BYTES);
-    t->max_frame_bytes = (size_t)frame;
     return KVS_OK;
 }
 
@@ -297,6 +296,8 @@ static kvs_status_e load_index(kvs_trace_t *t, const kvs_trace_footer_t *f, uint
             break;
         }
         t->frame_of[slot] = i;
+        if (e->raw_bytes > t->max_frame_bytes)
+            t->max_frame_bytes = (size_t)e->raw_bytes;
         t->compressed_bytes += e->compressed_bytes;
         t->kind_compressed[e->kind] += e->compressed_bytes;
         t->raw_bytes += (uint64_t)e->n_tokens *
