@@ -22,7 +22,7 @@ void kvs_simd_set_enabled(int enabled)
     simd_enabled = enabled;
 }
 
-float kvs_dot_f32_ref(const float *a, const float *b, uint32_t n)
+float kvs_simd_dot_f32_ref(const float *a, const float *b, uint32_t n)
 {
     float s = 0.0f;
 
@@ -31,7 +31,7 @@ float kvs_dot_f32_ref(const float *a, const float *b, uint32_t n)
     return s;
 }
 
-void kvs_axpy_f32_ref(float *y, float alpha, const float *x, uint32_t n)
+void kvs_simd_axpy_f32_ref(float *y, float alpha, const float *x, uint32_t n)
 {
     for (uint32_t i = 0; i < n; i++)
         y[i] += alpha * x[i];
@@ -78,17 +78,17 @@ __attribute__((target("avx2,fma"))) static void axpy_avx2(float *y, float alpha,
         y[i] += alpha * x[i];
 }
 
-float kvs_dot_f32(const float *a, const float *b, uint32_t n)
+float kvs_simd_dot_f32(const float *a, const float *b, uint32_t n)
 {
-    return kvs_simd_avx2() ? dot_avx2(a, b, n) : kvs_dot_f32_ref(a, b, n);
+    return kvs_simd_avx2() ? dot_avx2(a, b, n) : kvs_simd_dot_f32_ref(a, b, n);
 }
 
-void kvs_axpy_f32(float *y, float alpha, const float *x, uint32_t n)
+void kvs_simd_axpy_f32(float *y, float alpha, const float *x, uint32_t n)
 {
     if (kvs_simd_avx2())
         axpy_avx2(y, alpha, x, n);
     else
-        kvs_axpy_f32_ref(y, alpha, x, n);
+        kvs_simd_axpy_f32_ref(y, alpha, x, n);
 }
 
 /* Up to four queries share each load of x; n a multiple of 8. */
@@ -108,7 +108,7 @@ __attribute__((target("avx2,fma"))) static void dot_rows4_avx2(const float *q, u
         out[(size_t)r * stride] = hsum256(s[r]);
 }
 
-void kvs_dot_rows_f32(const float *q, uint32_t g, const float *x, uint32_t n, float *out,
+void kvs_simd_dot_rows_f32(const float *q, uint32_t g, const float *x, uint32_t n, float *out,
                       uint32_t out_stride)
 {
     if (kvs_simd_avx2() && n % 8 == 0) {
@@ -119,10 +119,10 @@ void kvs_dot_rows_f32(const float *q, uint32_t g, const float *x, uint32_t n, fl
         return;
     }
     for (uint32_t r = 0; r < g; r++)
-        out[(size_t)r * out_stride] = kvs_dot_f32_ref(q + (size_t)r * n, x, n);
+        out[(size_t)r * out_stride] = kvs_simd_dot_f32_ref(q + (size_t)r * n, x, n);
 }
 
-void kvs_bf16_row_to_f32(const uint16_t *src, float *dst, uint32_t n)
+void kvs_simd_bf16_row_to_f32(const uint16_t *src, float *dst, uint32_t n)
 {
     for (uint32_t i = 0; i < n; i++) {
         uint32_t u = (uint32_t)src[i] << 16;

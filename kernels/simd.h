@@ -17,19 +17,19 @@ int kvs_simd_avx2(void);
 void kvs_simd_set_enabled(int enabled);
 
 /* sum_i a[i] * b[i]. */
-float kvs_dot_f32(const float *a, const float *b, uint32_t n);
-float kvs_dot_f32_ref(const float *a, const float *b, uint32_t n);
+float kvs_simd_dot_f32(const float *a, const float *b, uint32_t n);
+float kvs_simd_dot_f32_ref(const float *a, const float *b, uint32_t n);
 
 /* y[i] += alpha * x[i]. */
-void kvs_axpy_f32(float *y, float alpha, const float *x, uint32_t n);
-void kvs_axpy_f32_ref(float *y, float alpha, const float *x, uint32_t n);
+void kvs_simd_axpy_f32(float *y, float alpha, const float *x, uint32_t n);
+void kvs_simd_axpy_f32_ref(float *y, float alpha, const float *x, uint32_t n);
 
 /* Dot products of one row x (n floats) with g query rows q (g, n), written
 ** to out[i * out_stride] for i < g. Loads x once for all queries. */
-void kvs_dot_rows_f32(const float *q, uint32_t g, const float *x, uint32_t n, float *out,
+void kvs_simd_dot_rows_f32(const float *q, uint32_t g, const float *x, uint32_t n, float *out,
                       uint32_t out_stride);
 
 /* Widens n BF16 values to F32. */
-void kvs_bf16_row_to_f32(const uint16_t *src, float *dst, uint32_t n);
+void kvs_simd_bf16_row_to_f32(const uint16_t *src, float *dst, uint32_t n);
 
 #endif

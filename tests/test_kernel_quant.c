@@ -13,6 +13,7 @@
 #include "kernels/simd.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -228,7 +229,6 @@ START_TEST(vector_matches_scalar_paths)
 }
 END_TEST
 
-/* ---- quanto residual ---------------------------------------------------- */
 
 static kvs_affine_cfg_t quanto_cfg(uint32_t bits)
 {
@@ -239,6 +239,286 @@ static kvs_affine_cfg_t quanto_cfg(uint32_t bits)
     };
     return c;
 }
+
+/* ---- float formats ------------------------------------------------------ */
+
+START_TEST(fp8_follows_ocp_spec)
+{
+    /* E4M3: bias 7, max 448 = S.1111.110, min subnormal 2^-9, no infinity. */
+    ck_assert_uint_eq(kvs_fp_f32_to_e4m3(1.0f), 0x38);
+    ck_assert_uint_eq(kvs_fp_f32_to_e4m3(-2.0f), 0xC0);
+    ck_assert_uint_eq(kvs_fp_f32_to_e4m3(448.0f), 0x7E);
+    ck_assert_uint_eq(kvs_fp_f32_to_e4m3(1e6f), 0x7E);         /* saturates */
+    ck_assert_uint_eq(kvs_fp_f32_to_e4m3(-INFINITY), 0xFE);
+    ck_assert_uint_eq(kvs_fp_f32_to_e4m3(0x1p-9f), 0x01);
+    ck_assert_uint_eq(kvs_fp_f32_to_e4m3(0x1p-11f), 0x00);     /* tie to even 0 */
+    ck_assert_uint_eq(kvs_fp_f32_to_e4m3(1.0625f), 0x38);      /* tie to even */
+    ck_assert_uint_eq(kvs_fp_f32_to_e4m3(1.1875f), 0x3A);      /* tie to even */
+    ck_assert_float_eq(kvs_fp_e4m3_to_f32(0x7E), 448.0f);
+    ck_assert(isnan(kvs_fp_e4m3_to_f32(0x7F)));
+    /* E5M2: bias 15, max 57344 = S.11110.11, infinities at S.11111.00. */
+    ck_assert_uint_eq(kvs_fp_f32_to_e5m2(1.0f), 0x3C);
+    ck_assert_uint_eq(kvs_fp_f32_to_e5m2(57344.0f), 0x7B);
+    ck_assert_uint_eq(kvs_fp_f32_to_e5m2(1e9f), 0x7B);
+    ck_assert_uint_eq(kvs_fp_f32_to_e5m2(0x1p-16f), 0x01);
+    ck_assert(isinf(kvs_fp_e5m2_to_f32(0x7C)));
+    ck_assert_float_eq(kvs_fp_e5m2_to_f32(0x3D), 1.25f);
+}
+END_TEST
+
+START_TEST(half_formats_round_to_even)
+{
+    ck_assert_uint_eq(kvs_fp_f32_to_bf16(1.0f + 0x1p-8f), 0x3F80);            /* tie, even */
+    ck_assert_uint_eq(kvs_fp_f32_to_bf16(1.0f + 3 * 0x1p-8f), 0x3F82);        /* tie, even */
+    ck_assert_uint_eq(kvs_fp_f32_to_f16(65504.0f), 0x7BFF);
+    ck_assert_uint_eq(kvs_fp_f32_to_f16(65520.0f), 0x7C00);
+    ck_assert_uint_eq(kvs_fp_f32_to_f16(0x1p-24f), 0x0001);
+    ck_assert_uint_eq(kvs_fp_f32_to_f16(1.0f / 3.0f), 0x3555);
+    ck_assert_uint_eq(kvs_fp_f32_to_f16(-0x1p-14f), 0x8400);
+    ck_assert_float_eq(kvs_fp_f16_to_f32(0x3555), 0.333251953125f);
+    ck_assert_float_eq(kvs_fp_round_dir(KVS_FP_BF16, 1.001f, +1), 1.0078125f);
+    ck_assert_float_eq(kvs_fp_round_dir(KVS_FP_BF16, 1.001f, -1), 1.0f);
+    ck_assert_float_eq(kvs_fp_round_dir(KVS_FP_BF16, -1.001f, -1), -1.0078125f);
+    ck_assert_float_eq(kvs_fp_round_dir(KVS_FP_F16, 1.0f, +1), 1.0f);
+
+    /* Every F16 value survives a round trip through F32. */
+    for (uint32_t h = 0; h < 0x7C00; h++)
+        ck_assert_uint_eq(kvs_fp_f32_to_f16(kvs_fp_f16_to_f32((uint16_t)h)), h);
+}
+END_TEST
+
+START_TEST(dense_formats_within_half_ulp)
+{
+    static const struct {
+        const char *spec;
+        double rel;  /* half an ulp relative to the value */
+    } cases[] = {
+        {"dense:dtype=f16", 0x1p-11}, {"dense:dtype=bf16", 0x1p-8},
+        {"dense:dtype=fp8-e4m3", 0x1p-4}, {"dense:dtype=fp8-e5m2", 0x1p-3},
+    };
+    enum { N = 40 };
+    float keys[N * D], vals[N * D], q[G * D];
+    static run_t r;
+
+    rng_seed(11);
+    fill_rows(keys, N, D, 0);
+    fill_rows(vals, N, D, 0);
+    memset(q, 0, sizeof q);
+    for (size_t i = 0; i < 4; i++) {
+        kvs_kernel_spec_t *spec;
+        kvs_kernel_t *k = make_kernel(cases[i].spec, &spec);
+        feed(k, keys, vals, N, 0, q);
+        /* A query that is one-hot on channel j makes logit t equal k_t[j]/8. */
+        for (uint32_t j = 0; j < D; j += 7) {
+            q[j] = 8.0f;
+            attend(k, q, &r);
+            q[j] = 0.0f;
+            for (uint32_t t = 0; t < N; t++) {
+                double x = keys[t * D + j], err = fabs(r.logits[t] - x);
+                /* Subnormal FP8 values have an absolute half-ulp floor. */
+                ck_assert_msg(err <= cases[i].rel * fabs(x) + 0x1p-10, "%s: %g stored as %g",
+                              cases[i].spec, x, r.logits[t]);
+            }
+        }
+        kvs_kernel_destroy(k);
+        kvs_kernel_spec_free(spec);
+    }
+}
+END_TEST
+
+/* ---- round-trip bounds -------------------------------------------------- */
+
+START_TEST(affine_round_trip_half_step)
+{
+    static const struct {
+        uint32_t bits, group;
+        kvs_affine_axis_e axis;
+        kvs_fit_e fit;
+        kvs_fp_e fmt;
+    } cases[] = {
+        {4, 64, KVS_AFFINE_AXIS_TOKEN, KVS_FIT_MINMAX, KVS_FP_BF16},
+        {2, 64, KVS_AFFINE_AXIS_TOKEN, KVS_FIT_MINMAX, KVS_FP_BF16},
+        {3, 16, KVS_AFFINE_AXIS_TOKEN, KVS_FIT_MINMAX, KVS_FP_F16},
+        {8, 32, KVS_AFFINE_AXIS_TOKEN, KVS_FIT_MINMAX, KVS_FP_BF16},
+        {1, 8, KVS_AFFINE_AXIS_TOKEN, KVS_FIT_MINMAX, KVS_FP_F32},
+        {2, 32, KVS_AFFINE_AXIS_CHANNEL, KVS_FIT_MINMAX, KVS_FP_F16},
+        {4, 32, KVS_AFFINE_AXIS_CHANNEL, KVS_FIT_MINMAX, KVS_FP_BF16},
+        {4, 64, KVS_AFFINE_AXIS_TOKEN, KVS_FIT_HQQ, KVS_FP_F32},
+        {2, 16, KVS_AFFINE_AXIS_TOKEN, KVS_FIT_HQQ, KVS_FP_F32},
+    };
+    enum { N = 256 };
+    float *x = malloc(sizeof(float) * N * D), out[D];
+
+    rng_seed(5);
+    fill_rows(x, N, D, 1);
+    /* Offsets far from zero stress the storage rounding of the minimum. */
+    for (uint32_t j = 0; j < D; j++)
+        x[7 * D + j] = 300.0f + 0.01f * (float)j;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        kvs_affine_cfg_t c = {
+            .d = D, .bits = cases[i].bits, .group = cases[i].group, .axis = cases[i].axis,
+            .flush = cases[i].axis == KVS_AFFINE_AXIS_CHANNEL ? KVS_AFFINE_FLUSH_BLOCK
+                                                               : KVS_AFFINE_FLUSH_SLIDING,
+            .fit = cases[i].fit, .param_fmt = cases[i].fmt, .window_fmt = KVS_FP_F32,
+            .residual = cases[i].axis == KVS_AFFINE_AXIS_CHANNEL ? 128 : 0, .compressed = 1,
+        };
+        kvs_affine_t *a;
+        double worst = 0;
+        ck_assert_int_eq(kvs_affine_create(&c, &a), KVS_OK);
+        for (uint32_t t = 0; t < N; t++)
+            ck_assert_int_eq(kvs_affine_append(a, x + (size_t)t * D), KVS_OK);
+        ck_assert_int_eq(kvs_affine_end_prefill(a), KVS_OK);
+        ck_assert_uint_eq(kvs_affine_n_quantized(a), N);
+        for (uint32_t t = 0; t < N; t++) {
+            kvs_affine_decode_token(a, t, out);
+            for (uint32_t j = 0; j < D; j++) {
+                double s = kvs_affine_step(a, t, j), err = fabs(out[j] - x[(size_t)t * D + j]);
+                double bound = 0.5 * s * (1 + 1e-5) + 1e-6 * fabs(x[(size_t)t * D + j]);
+                ck_assert_msg(s > 0 || err <= 1e-6 * fabs(x[(size_t)t * D + j]),
+                              "case %zu: zero step with error %g", i, err);
+                ck_assert_msg(err <= bound, "case %zu: position %u channel %u error %g > %g", i,
+                              t, j, err, bound);
+                worst = err / s > worst ? err / s : worst;
+            }
+        }
+        /* The bound is reached, so the test can fail. */
+        ck_assert_double_gt(worst, 0.4);
+        kvs_affine_destroy(a);
+    }
+    free(x);
+}
+END_TEST
+
+/* Squared reconstruction error of positions [0, n) of a stream. */
+static double stream_sq_error(const kvs_affine_t *a, const float *x, uint32_t n)
+{
+    float out[D];
+    double e = 0;
+
+    for (uint32_t t = 0; t < n; t++) {
+        kvs_affine_decode_token(a, t, out);
+        for (uint32_t j = 0; j < D; j++) {
+            double diff = out[j] - x[(size_t)t * D + j];
+            e += diff * diff;
+        }
+    }
+    return e;
+}
+
+START_TEST(quanto_error_at_least_once)
+{
+    enum { PROMPT = 300, N = 1100 };
+    float *x = malloc(sizeof(float) * N * D);
+
+    rng_seed(6);
+    fill_rows(x, N, D, 1);
+    for (uint32_t bits = 2; bits <= 4; bits += 2) {
+        kvs_affine_cfg_t requant = quanto_cfg(bits), once = quanto_cfg(bits);
+        kvs_affine_t *a, *b;
+        once.flush = KVS_AFFINE_FLUSH_SLIDING;
+        once.residual = 0;
+        ck_assert_int_eq(kvs_affine_create(&requant, &a), KVS_OK);
+        ck_assert_int_eq(kvs_affine_create(&once, &b), KVS_OK);
+        for (uint32_t t = 0; t < N; t++) {
+            if (t == PROMPT) {
+                ck_assert_int_eq(kvs_affine_end_prefill(a), KVS_OK);
+                ck_assert_int_eq(kvs_affine_end_prefill(b), KVS_OK);
+            }
+            ck_assert_int_eq(kvs_affine_append(a, x + (size_t)t * D), KVS_OK);
+            ck_assert_int_eq(kvs_affine_append(b, x + (size_t)t * D), KVS_OK);
+        }
+        uint32_t nq = kvs_affine_n_quantized(a);
+        ck_assert_uint_eq(kvs_affine_n_requant(a), (N - PROMPT) / 128);
+        ck_assert_uint_eq(nq, PROMPT + (N - PROMPT) / 128 * 128);
+        /* Over the positions both have quantized, quantizing the already
+        ** dequantized cache again cannot beat quantizing each once. */
+        double e_requant = stream_sq_error(a, x, nq), e_once = stream_sq_error(b, x, nq);
+        ck_assert_msg(e_requant >= e_once, "%u bits: requant %g < once %g", bits, e_requant,
+                      e_once);
+        /* Rounding the dequantized cache to BF16 moves some group ranges,
+        ** which is where the extra error comes from. */
+        ck_assert_double_gt(e_requant, e_once);
+        kvs_affine_destroy(a);
+        kvs_affine_destroy(b);
+    }
+    free(x);
+}
+END_TEST
+
+START_TEST(kivi_channel_beats_token_keys)
+{
+    /* Keys with outlier channels: KIVI quantizes them per channel because
+    ** per-token groups spend their range on the outliers. */
+    enum { N = 512 };
+    float *x = malloc(sizeof(float) * N * D);
+    kvs_affine_cfg_t chan = {
+        .d = D, .bits = 2, .group = 32, .axis = KVS_AFFINE_AXIS_CHANNEL,
+        .flush = KVS_AFFINE_FLUSH_BLOCK, .fit = KVS_FIT_MINMAX, .param_fmt = KVS_FP_F16,
+        .window_fmt = KVS_FP_F16, .residual = 128, .compressed = 1,
+    };
+    kvs_affine_cfg_t tok = chan;
+    kvs_affine_t *a, *b;
+
+    tok.axis = KVS_AFFINE_AXIS_TOKEN;
+    rng_seed(8);
+    for (uint32_t t = 0; t < N; t++)
+        for (uint32_t j = 0; j < D; j++)
+            x[(size_t)t * D + j] = (j % 8 == 0 ? 20.0f : 0.0f) + normal();
+    ck_assert_int_eq(kvs_affine_create(&chan, &a), KVS_OK);
+    ck_assert_int_eq(kvs_affine_create(&tok, &b), KVS_OK);
+    for (uint32_t t = 0; t < N; t++) {
+        ck_assert_int_eq(kvs_affine_append(a, x + (size_t)t * D), KVS_OK);
+        ck_assert_int_eq(kvs_affine_append(b, x + (size_t)t * D), KVS_OK);
+    }
+    ck_assert_int_eq(kvs_affine_end_prefill(a), KVS_OK);
+    ck_assert_int_eq(kvs_affine_end_prefill(b), KVS_OK);
+    ck_assert_uint_eq(kvs_affine_n_quantized(a), N);
+    ck_assert_double_lt(stream_sq_error(a, x, N), 0.5 * stream_sq_error(b, x, N));
+    kvs_affine_destroy(a);
+    kvs_affine_destroy(b);
+    free(x);
+}
+END_TEST
+
+START_TEST(kivi_windows_follow_residual)
+{
+    kvs_affine_cfg_t keys = {
+        .d = D, .bits = 2, .group = 32, .axis = KVS_AFFINE_AXIS_CHANNEL,
+        .flush = KVS_AFFINE_FLUSH_BLOCK, .fit = KVS_FIT_MINMAX, .param_fmt = KVS_FP_F16,
+        .window_fmt = KVS_FP_F16, .residual = 128, .compressed = 1,
+    };
+    kvs_affine_cfg_t vals = keys;
+    kvs_affine_t *k, *v;
+    float x[D];
+
+    vals.axis = KVS_AFFINE_AXIS_TOKEN;
+    vals.flush = KVS_AFFINE_FLUSH_SLIDING;
+    rng_seed(9);
+    ck_assert_int_eq(kvs_affine_create(&keys, &k), KVS_OK);
+    ck_assert_int_eq(kvs_affine_create(&vals, &v), KVS_OK);
+    for (uint32_t t = 0; t < 300; t++) {
+        fill_rows(x, 1, D, 0);
+        ck_assert_int_eq(kvs_affine_append(k, x), KVS_OK);
+        ck_assert_int_eq(kvs_affine_append(v, x), KVS_OK);
+    }
+    ck_assert_int_eq(kvs_affine_end_prefill(k), KVS_OK);
+    ck_assert_int_eq(kvs_affine_end_prefill(v), KVS_OK);
+    /* Prefill: keys keep T mod R = 44 in the window, values the last R. */
+    ck_assert_uint_eq(kvs_affine_window_len(k), 44);
+    ck_assert_uint_eq(kvs_affine_window_len(v), 128);
+    for (uint32_t step = 1; step <= 300; step++) {
+        fill_rows(x, 1, D, 0);
+        ck_assert_int_eq(kvs_affine_append(k, x), KVS_OK);
+        ck_assert_int_eq(kvs_affine_append(v, x), KVS_OK);
+        ck_assert_uint_eq(kvs_affine_window_len(k), (44 + step) % 128);
+        ck_assert_uint_eq(kvs_affine_window_len(v), 128);
+    }
+    kvs_affine_destroy(k);
+    kvs_affine_destroy(v);
+}
+END_TEST
+
+/* ---- quanto residual ---------------------------------------------------- */
 
 START_TEST(quanto_residual_fills_then_requantizes)
 {
@@ -284,6 +564,13 @@ int main(void)
     tcase_add_test(tc, storage_and_compressed_agree);
     tcase_add_test(tc, vector_matches_scalar_paths);
     tcase_add_test(tc, quanto_residual_fills_then_requantizes);
+    tcase_add_test(tc, fp8_follows_ocp_spec);
+    tcase_add_test(tc, half_formats_round_to_even);
+    tcase_add_test(tc, dense_formats_within_half_ulp);
+    tcase_add_test(tc, affine_round_trip_half_step);
+    tcase_add_test(tc, quanto_error_at_least_once);
+    tcase_add_test(tc, kivi_channel_beats_token_keys);
+    tcase_add_test(tc, kivi_windows_follow_residual);
     suite_add_tcase(s, tc);
     return kvs_test_run(s);
 }

@@ -84,7 +84,7 @@ static const float *dense_row(dense_state_t *s, uint32_t t)
     if (s->fmt == KVS_FP_F32)
         return (const float *)src;
     if (s->fmt == KVS_FP_BF16)
-        kvs_bf16_row_to_f32((const uint16_t *)src, s->tmp, s->d);
+        kvs_simd_bf16_row_to_f32((const uint16_t *)src, s->tmp, s->d);
     else
         kvs_fp_decode(s->fmt, src, s->tmp, s->d);
     return s->tmp;
@@ -97,7 +97,7 @@ static void dense_logits(void *state, const float *q, uint32_t group, const uint
 
     for (uint32_t t = 0; t < n; t++) {
         if (attend[t])
-            kvs_dot_rows_f32(q, group, dense_row(s, t), s->d, out + t, n);
+            kvs_simd_dot_rows_f32(q, group, dense_row(s, t), s->d, out + t, n);
     }
 }
 
@@ -111,7 +111,7 @@ static void dense_output(void *state, const float *w, uint32_t group, const uint
             continue;
         const float *row = dense_row(s, t);
         for (uint32_t g = 0; g < group; g++)
-            kvs_axpy_f32(out + (size_t)g * s->d, w[(size_t)g * n + t], row, s->d);
+            kvs_simd_axpy_f32(out + (size_t)g * s->d, w[(size_t)g * n + t], row, s->d);
     }
 }
 

@@ -95,7 +95,7 @@ static void logits_window(kvs_affine_t *a, const float *q, uint32_t group, const
     for (uint32_t i = 0; i < a->nw; i++) {
         uint32_t t = a->nq + i;
         if (attend[t])
-            kvs_dot_rows_f32(q, group, a->win + (size_t)(a->w0 + i) * a->cfg.d, a->cfg.d, out + t,
+            kvs_simd_dot_rows_f32(q, group, a->win + (size_t)(a->w0 + i) * a->cfg.d, a->cfg.d, out + t,
                              n);
     }
 }
@@ -132,7 +132,7 @@ static int logits_codes_token(kvs_affine_t *a, const float *q, uint32_t group,
         for (uint32_t g = 0; g < group; g++)
             out[(size_t)g * n + t] = 0.0f;
         for (uint32_t k = 0; k < ng; k++) {
-            kvs_dot_rows_f32(qseg + (size_t)k * group * gs, group, a->row + (size_t)k * gs, gs,
+            kvs_simd_dot_rows_f32(qseg + (size_t)k * group * gs, group, a->row + (size_t)k * gs, gs,
                              dots, 1);
             for (uint32_t g = 0; g < group; g++)
                 out[(size_t)g * n + t] += a->ps[k] * dots[g] + a->pm[k] * qsum[(size_t)g * ng + k];
@@ -169,7 +169,7 @@ static int logits_codes_channel(kvs_affine_t *a, const float *q, uint32_t group,
             if (!attend[t])
                 continue;
             kvs_unpack_row(a->codes + (size_t)t * a->row_bytes, d, a->cfg.bits, a->row);
-            kvs_dot_rows_f32(qs, group, a->row, d, out + t, n);
+            kvs_simd_dot_rows_f32(qs, group, a->row, d, out + t, n);
             for (uint32_t g = 0; g < group; g++)
                 out[(size_t)g * n + t] += cst[g];
         }
@@ -192,7 +192,7 @@ void kvs_affine_logits(kvs_affine_t *a, const float *q, uint32_t group, const ui
         failed = !dense;
         for (uint32_t t = 0; dense && t < a->nq + a->nw; t++) {
             if (attend[t])
-                kvs_dot_rows_f32(q, group, dense + (size_t)t * a->cfg.d, a->cfg.d, out + t, n);
+                kvs_simd_dot_rows_f32(q, group, dense + (size_t)t * a->cfg.d, a->cfg.d, out + t, n);
         }
     }
     /* NOTE: the hook cannot return a status, so running out of memory for
@@ -216,7 +216,7 @@ static void output_window(kvs_affine_t *a, const float *w, uint32_t group, const
             continue;
         const float *row = a->win + (size_t)(a->w0 + i) * d;
         for (uint32_t g = 0; g < group; g++)
-            kvs_axpy_f32(out + (size_t)g * d, w[(size_t)g * n + t], row, d);
+            kvs_simd_axpy_f32(out + (size_t)g * d, w[(size_t)g * n + t], row, d);
     }
 }
 
@@ -239,7 +239,7 @@ static int output_codes_token(kvs_affine_t *a, const float *w, uint32_t group,
         for (uint32_t g = 0; g < group; g++) {
             float wt = w[(size_t)g * n + t];
             for (uint32_t k = 0; k < ng; k++) {
-                kvs_axpy_f32(out + (size_t)g * d + (size_t)k * gs, wt * a->ps[k],
+                kvs_simd_axpy_f32(out + (size_t)g * d + (size_t)k * gs, wt * a->ps[k],
                              a->row + (size_t)k * gs, gs);
                 msum[(size_t)g * ng + k] += wt * a->pm[k];
             }
@@ -273,7 +273,7 @@ static int output_codes_channel(kvs_affine_t *a, const float *w, uint32_t group,
             kvs_unpack_row(a->codes + (size_t)t * a->row_bytes, d, a->cfg.bits, a->row);
             for (uint32_t g = 0; g < group; g++) {
                 float wt = w[(size_t)g * n + t];
-                kvs_axpy_f32(acc + (size_t)g * d, wt, a->row, d);
+                kvs_simd_axpy_f32(acc + (size_t)g * d, wt, a->row, d);
                 wsum[g] += wt;
             }
         }
@@ -304,7 +304,7 @@ void kvs_affine_output(kvs_affine_t *a, const float *w, uint32_t group, const ui
             if (!attend[t])
                 continue;
             for (uint32_t g = 0; g < group; g++)
-                kvs_axpy_f32(out + (size_t)g * d, w[(size_t)g * n + t], dense + (size_t)t * d, d);
+                kvs_simd_axpy_f32(out + (size_t)g * d, w[(size_t)g * n + t], dense + (size_t)t * d, d);
         }
     }
     if (failed) {

@@ -225,15 +225,22 @@ static kvs_status_e flush_oldest(kvs_affine_t *a, uint32_t k)
     return KVS_OK;
 }
 
-/* Dequantizes everything, joins the window and quantizes all of it again. */
+/* Dequantizes everything, joins the window and quantizes all of it again.
+** Hugging Face dequantizes into the model dtype before re-quantizing, so
+** the decoded values are rounded to the window format first; with F32
+** decoding, per-position groups would reproduce the same codes exactly. */
 static kvs_status_e requantize_all(kvs_affine_t *a)
 {
     uint32_t d = a->cfg.d, n = a->nq + a->nw;
     float *all = malloc((size_t)n * d * sizeof *all);
 
     KVS_RETURN_IF(!all, KVS_ERR_NOMEM, "out of memory re-quantizing %u positions", n);
-    for (uint32_t t = 0; t < a->nq; t++)
-        kvs_affine_decode_token(a, t, all + (size_t)t * d);
+    for (uint32_t t = 0; t < a->nq; t++) {
+        float *row = all + (size_t)t * d;
+        kvs_affine_decode_token(a, t, row);
+        for (uint32_t j = 0; j < d; j++)
+            row[j] = kvs_fp_round(a->cfg.window_fmt, row[j]);
+    }
     memcpy(all + (size_t)a->nq * d, a->win + (size_t)a->w0 * d, (size_t)a->nw * d * sizeof *all);
     a->nq = 0;
     window_pop(a, a->nw);
