@@ -35,6 +35,23 @@ static int family_index(const char *family)
     return N_FAMILIES;
 }
 
+/* Distinct colours for line series (a qualitative palette); after twelve
+** series the dash pattern changes too, so no two lines look alike. */
+static const char *const series_colors[] = {
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+    "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939",
+};
+#define N_SERIES_COLORS ((int)(sizeof series_colors / sizeof series_colors[0]))
+
+/* Writes the style of line series number i of a kernel of family. */
+static void write_series_style(FILE *fp, int i, const char *family)
+{
+    int f = family_index(family);
+
+    fprintf(fp, "lc rgb \"%s\" pt %d dt %d", series_colors[i % N_SERIES_COLORS],
+            f < N_FAMILIES ? family_styles[f].point_type : 3, 1 + (i / N_SERIES_COLORS) % 4);
+}
+
 /* Writes `set title` with the figure's subject, the trace and, for a
 ** synthetic model, the banner. */
 static void write_title(FILE *fp, const rpt_trace_t *t, const char *subject)
@@ -55,9 +72,9 @@ static double log_floor(double min_positive)
     return isfinite(min_positive) && min_positive > 0 ? min_positive / 10 : 1e-12;
 }
 
-static double on_log_axis(double v, double floor)
+static double on_log_axis(double v, double zero_at)
 {
-    return v > 0 ? v : floor;
+    return v > 0 ? v : zero_at;
 }
 
 static kvs_status_e finish_figure(rpt_ctx_t *ctx, uint32_t t, const char *name, kvs_outfile_t *gp,
@@ -68,22 +85,93 @@ static kvs_status_e finish_figure(rpt_ctx_t *ctx, uint32_t t, const char *name, 
     return rpt_add_figure(ctx, t, name, title, caption);
 }
 
-static void write_key_note(FILE *fp, int any_zero, double floor)
+static void write_key_note(FILE *fp, int any_zero, double zero_at)
 {
     if (any_zero)
-        fprintf(fp, "    set label 1 \"error 0 drawn at %.1e\" at graph 0.01, graph 0.03 font \",8\"\n", floor);
+        fprintf(fp, "    set label 1 \"error 0 drawn at %.1e\" at graph 0.01, graph 0.03 font \",8\"\n", zero_at);
     else
         fprintf(fp, "    unset label 1\n");
 }
 
 /* ---- output error vs bytes per token, with the Pareto front ---------- */
 
+/* Plot area of the 1100 x 700 figure with the key outside, measured on
+** pngcairo renderings: about 840 x 590 pixels. Labels use an 8-point font,
+** about 6.4 pixels per character and 11 pixels per line. */
+#define AREA_WIDTH_PX 840.0
+#define AREA_HEIGHT_PX 590.0
+#define LABEL_CHAR_PX 6.4
+#define LABEL_LINE_PX 11.0
+#define MARKER_PX 8.0
+
+typedef struct label_box {
+    double u0, u1, v0, v1;   /* graph coordinates, 0..1 */
+} label_box_t;
+
+static int boxes_overlap(const label_box_t *a, const label_box_t *b)
+{
+    return a->u0 < b->u1 && b->u0 < a->u1 && a->v0 < b->v1 && b->v0 < a->v1;
+}
+
+/* Places each run's label beside its marker, to the right or left and up to
+** three lines up or down, at the first spot that covers no marker and no
+** label placed before. Writes one `set label` per run. */
+static void write_point_labels(FILE *fp, const rpt_trace_t *t, const double *u, const double *v)
+{
+    static const int shifts[] = {0, 1, -1, 2, -2, 3, -3};
+    double char_u = LABEL_CHAR_PX / AREA_WIDTH_PX, line_v = LABEL_LINE_PX / AREA_HEIGHT_PX;
+    double mark_u = MARKER_PX / AREA_WIDTH_PX, mark_v = MARKER_PX / AREA_HEIGHT_PX;
+    label_box_t *placed = calloc(t->n_runs ? t->n_runs : 1, sizeof *placed);
+    uint32_t n_placed = 0, tag = 10;
+
+    for (uint32_t i = 0; i < t->n_runs; i++) {
+        const rpt_run_t *r = &t->runs[i];
+        label_box_t best = {0};
+        int best_right = 1, found = 0;
+        double width = (double)strlen(r->label) * char_u;
+
+        if (!r->done)
+            continue;
+        for (int side = 0; side < 2 && !found; side++) {
+            for (size_t s = 0; s < sizeof shifts / sizeof shifts[0] && !found; s++) {
+                label_box_t box;
+                double dv = shifts[s] * line_v;
+                box.u0 = side == 0 ? u[i] + 1.5 * mark_u : u[i] - 1.5 * mark_u - width;
+                box.u1 = box.u0 + width;
+                box.v0 = v[i] + dv - 0.5 * line_v;
+                box.v1 = v[i] + dv + 0.5 * line_v;
+                if (box.u0 < 0 || box.u1 > 1 || box.v0 < 0 || box.v1 > 1)
+                    continue;
+                int clear = 1;
+                for (uint32_t j = 0; j < n_placed && clear; j++)
+                    clear = !boxes_overlap(&box, &placed[j]);
+                for (uint32_t j = 0; j < t->n_runs && clear; j++) {
+                    label_box_t mark = {u[j] - mark_u, u[j] + mark_u, v[j] - mark_v, v[j] + mark_v};
+                    clear = !t->runs[j].done || !boxes_overlap(&box, &mark);
+                }
+                if (clear || (side == 0 && s == 0)) {
+                    best = box;
+                    best_right = side == 0;
+                }
+                found = clear;
+            }
+        }
+        if (placed)
+            placed[n_placed++] = best;
+        fprintf(fp, "    set label %u ", tag++);
+        rpt_gp_string(fp, r->label);
+        fprintf(fp, " at graph %.4f, graph %.4f %s font \",8\" front\n", best_right ? best.u0 : best.u1,
+                0.5 * (best.v0 + best.v1), best_right ? "left" : "right");
+    }
+    free(placed);
+}
+
 static kvs_status_e figure_error_bytes(rpt_ctx_t *ctx, uint32_t ti)
 {
     const rpt_trace_t *t = &ctx->traces[ti];
     char name[64], file[96];
     kvs_outfile_t *dat, *front, *gp;
-    double min_pos = INFINITY, min_bytes = INFINITY, max_bytes = 0;
+    double min_pos = INFINITY, max_err = 0, min_bytes = INFINITY, max_bytes = 0;
     int any_zero = 0, used[N_FAMILIES + 1] = {0}, n_front = 0;
     FILE *fp;
 
@@ -96,6 +184,7 @@ static kvs_status_e figure_error_bytes(rpt_ctx_t *ctx, uint32_t ti)
             min_pos = fmin(min_pos, r->output_rel_error);
         else
             any_zero = 1;
+        max_err = fmax(max_err, r->output_rel_error);
         min_bytes = fmin(min_bytes, r->bytes_per_token);
         max_bytes = fmax(max_bytes, r->bytes_per_token);
         used[family_index(r->family)] = 1;
@@ -103,11 +192,37 @@ static kvs_status_e figure_error_bytes(rpt_ctx_t *ctx, uint32_t ti)
     }
     if (max_bytes <= 0)
         return KVS_OK;
-    double floor = log_floor(min_pos);
+    double zero_at = log_floor(min_pos);
+
+    /* Explicit ranges, so label positions can be computed here: whole
+    ** decades on y, and room for labels on both sides on x. */
+    double x_lo = (min_bytes > 0 ? min_bytes : 1) / 2.0, x_hi = max_bytes * 2.0;
+    double y_lo = pow(10, floor(log10(on_log_axis(fmin(min_pos, any_zero ? zero_at : min_pos), zero_at))));
+    double y_hi = pow(10, ceil(log10(max_err > 0 ? max_err : zero_at * 10)));
+    if (y_hi <= y_lo)
+        y_hi = y_lo * 10;
+    double *u = calloc(t->n_runs ? t->n_runs : 1, sizeof *u), *v = calloc(t->n_runs ? t->n_runs : 1, sizeof *v);
+    if (!u || !v) {
+        free(u);
+        free(v);
+        return kvs_fail(KVS_ERR_NOMEM, "out of memory");
+    }
+    for (uint32_t i = 0; i < t->n_runs; i++) {
+        const rpt_run_t *r = &t->runs[i];
+        if (!r->done)
+            continue;
+        u[i] = (log10(fmax(r->bytes_per_token, x_lo)) - log10(x_lo)) / (log10(x_hi) - log10(x_lo));
+        v[i] = (log10(on_log_axis(r->output_rel_error, zero_at)) - log10(y_lo)) / (log10(y_hi) - log10(y_lo));
+    }
 
     /* One data block per family (gnuplot "index"), in family_styles order. */
     snprintf(file, sizeof file, "%s.dat", name);
-    KVS_FORWARD(rpt_open(ctx, file, &dat));
+    kvs_status_e rc = rpt_open(ctx, file, &dat);
+    if (rc != KVS_OK) {
+        free(u);
+        free(v);
+        return rc;
+    }
     fp = kvs_outfile_stream(dat);
     fprintf(fp, "# bytes_per_token\toutput_rel_error\tplotted_error\tkernel\ton_pareto_front\n");
     int block = 0;
@@ -123,56 +238,72 @@ static kvs_status_e figure_error_bytes(rpt_ctx_t *ctx, uint32_t ti)
             if (!r->done || family_index(r->family) != f)
                 continue;
             fprintf(fp, "%.9g\t%.9g\t%.9g\t", r->bytes_per_token, r->output_rel_error,
-                    on_log_axis(r->output_rel_error, floor));
+                    on_log_axis(r->output_rel_error, zero_at));
             rpt_data_string(fp, r->label);
             fprintf(fp, "\t%d\n", r->on_front);
         }
         fprintf(fp, "\n\n");
     }
-    KVS_FORWARD(rpt_close(dat, KVS_OK));
+    rc = rpt_close(dat, KVS_OK);
 
     /* The front, by increasing bytes per token; runs are sorted by
     ** decreasing bytes, so walk them backwards. */
-    snprintf(file, sizeof file, "pareto_%s.dat", t->short_hash);
-    KVS_FORWARD(rpt_open(ctx, file, &front));
-    fp = kvs_outfile_stream(front);
-    fprintf(fp, "# bytes_per_token\tplotted_error\tkernel (Pareto front, increasing bytes)\n");
-    for (uint32_t i = t->n_runs; i-- > 0;) {
-        const rpt_run_t *r = &t->runs[i];
-        if (!r->on_front)
-            continue;
-        fprintf(fp, "%.9g\t%.9g\t", r->bytes_per_token, on_log_axis(r->output_rel_error, floor));
-        rpt_data_string(fp, r->label);
-        fputc('\n', fp);
+    if (rc == KVS_OK) {
+        snprintf(file, sizeof file, "pareto_%s.dat", t->short_hash);
+        rc = rpt_open(ctx, file, &front);
     }
-    KVS_FORWARD(rpt_close(front, KVS_OK));
+    if (rc == KVS_OK) {
+        fp = kvs_outfile_stream(front);
+        fprintf(fp, "# bytes_per_token\tplotted_error\tkernel (Pareto front, increasing bytes)\n");
+        for (uint32_t i = t->n_runs; i-- > 0;) {
+            const rpt_run_t *r = &t->runs[i];
+            if (!r->on_front)
+                continue;
+            fprintf(fp, "%.9g\t%.9g\t", r->bytes_per_token, on_log_axis(r->output_rel_error, zero_at));
+            rpt_data_string(fp, r->label);
+            fputc('\n', fp);
+        }
+        rc = rpt_close(front, KVS_OK);
+    }
+    if (rc == KVS_OK) {
+        snprintf(file, sizeof file, "%s.gp", name);
+        rc = rpt_open(ctx, file, &gp);
+    }
+    if (rc != KVS_OK) {
+        free(u);
+        free(v);
+        return rc;
+    }
 
-    snprintf(file, sizeof file, "%s.gp", name);
-    KVS_FORWARD(rpt_open(ctx, file, &gp));
     fp = kvs_outfile_stream(gp);
     rpt_gp_begin(fp, ctx, name, 1100, 700);
     write_title(fp, t, "Output error vs stored bytes per token");
     fprintf(fp, "    set xlabel \"stored bytes per token, whole model, K and V (log scale)\"\n");
     fprintf(fp, "    set ylabel \"output relative error ||o^ - o|| / ||o||, mean over heads (log scale)\"\n");
     fprintf(fp, "    set logscale xy\n    set grid xtics ytics mxtics mytics lc rgb \"#dddddd\"\n");
-    /* Room on the right of the rightmost point for its label. */
-    fprintf(fp, "    set xrange [%.6g:%.6g]\n", min_bytes / 1.5, max_bytes * 3.0);
-    rpt_gp_log_tics(fp, "x", min_bytes / 1.5, max_bytes * 3.0);
+    fprintf(fp, "    set xrange [%.6g:%.6g]\n    set yrange [%.6g:%.6g]\n", x_lo, x_hi, y_lo, y_hi);
+    rpt_gp_log_tics(fp, "x", x_lo, x_hi);
     fprintf(fp, "    set key outside right top box\n");
-    write_key_note(fp, any_zero, floor);
+    write_key_note(fp, any_zero, zero_at);
+    write_point_labels(fp, t, u, v);
+    free(u);
+    free(v);
     fprintf(fp, "    plot \\\n");
+    int n_blocks = block;
+    block = 0;
     for (int f = 0; f <= N_FAMILIES; f++) {
         if (block_of[f] < 0)
             continue;
-        fprintf(fp, "        \"%s.dat\" index %d using 1:3 with points pt %d ps 1.8 lc %d title \"%s\", \\\n", name,
+        block++;
+        fprintf(fp, "        \"%s.dat\" index %d using 1:3 with points pt %d ps 1.8 lc %d title \"%s\"%s\n", name,
                 block_of[f], f < N_FAMILIES ? family_styles[f].point_type : 3, f + 1,
-                f < N_FAMILIES ? family_styles[f].name : "other family");
+                f < N_FAMILIES ? family_styles[f].name : "other family",
+                block < n_blocks || n_front > 1 ? ", \\" : "");
     }
     if (n_front > 1)
         fprintf(fp, "        \"pareto_%s.dat\" using 1:2 with lines dt 2 lw 2 lc rgb \"#555555\" "
-                    "title \"Pareto front\", \\\n",
+                    "title \"Pareto front\"\n",
                 t->short_hash);
-    fprintf(fp, "        \"%s.dat\" using 1:3:4 with labels left offset char 1,0.5 font \",8\" notitle\n", name);
     rpt_gp_end(fp);
     return finish_figure(ctx, ti, name, gp, "Output error vs stored bytes per token",
                          "Mean output relative error over all (layer, head) rows against the stored bytes per "
@@ -255,7 +386,7 @@ static kvs_status_e figure_lines(rpt_ctx_t *ctx, uint32_t ti, const char *prefix
     }
     if (rc != KVS_OK || n_series == 0)
         goto done;
-    double floor = log_floor(min_pos);
+    double zero_at = log_floor(min_pos);
 
     snprintf(name, sizeof name, "%s_%s", prefix, t->short_hash);
     snprintf(file, sizeof file, "%s.dat", name);
@@ -269,7 +400,7 @@ static kvs_status_e figure_lines(rpt_ctx_t *ctx, uint32_t ti, const char *prefix
             continue;
         fprintf(fp, "# %s\n", t->runs[i].label);
         for (size_t p = 0; p < lengths[i]; p++)
-            fprintf(fp, "%.9g\t%.9g\t%.9g\n", series[i][p].x, series[i][p].y, on_log_axis(series[i][p].y, floor));
+            fprintf(fp, "%.9g\t%.9g\t%.9g\n", series[i][p].x, series[i][p].y, on_log_axis(series[i][p].y, zero_at));
         fprintf(fp, "\n\n");
     }
     rc = rpt_close(dat, KVS_OK);
@@ -297,16 +428,15 @@ static kvs_status_e figure_lines(rpt_ctx_t *ctx, uint32_t ti, const char *prefix
         fprintf(fp, "    set xtics %d\n    set xrange [-0.5:%lld.5]\n", step, (long long)t->n_layers - 1);
     }
     fprintf(fp, "    set key outside right top box\n");
-    write_key_note(fp, any_zero, floor);
+    write_key_note(fp, any_zero, zero_at);
     fprintf(fp, "    plot \\\n");
     int block = 0;
     for (uint32_t i = 0; i < t->n_runs; i++) {
         if (!lengths[i])
             continue;
-        fprintf(fp, "        \"%s.dat\" index %d using 1:3 with linespoints pt %d ps 1.0 lw 1.5 title ", name,
-                block, family_index(t->runs[i].family) < N_FAMILIES
-                           ? family_styles[family_index(t->runs[i].family)].point_type
-                           : 3);
+        fprintf(fp, "        \"%s.dat\" index %d using 1:3 with linespoints ps 1.0 lw 1.5 ", name, block);
+        write_series_style(fp, block, t->runs[i].family);
+        fprintf(fp, " title ");
         rpt_gp_string(fp, t->runs[i].label);
         fprintf(fp, "%s\n", ++block < n_series ? ", \\" : "");
     }
@@ -347,7 +477,7 @@ static kvs_status_e figure_heatmap(rpt_ctx_t *ctx, uint32_t ti, const rpt_run_t 
         else
             any_zero = 1;
     }
-    double floor = log_floor(min_pos);
+    double zero_at = log_floor(min_pos);
     int log_cb = any_zero || (isfinite(min_pos) && max_value / min_pos >= 10);
     sqlite3_reset(st);
 
@@ -367,7 +497,7 @@ static kvs_status_e figure_heatmap(rpt_ctx_t *ctx, uint32_t ti, const rpt_run_t 
             fputc('\n', fp);
         last_layer = layer;
         fprintf(fp, "%lld\t%lld\t%.9g\t%.9g\n", (long long)layer, (long long)sqlite3_column_int64(st, 1), v,
-                on_log_axis(v, floor));
+                on_log_axis(v, zero_at));
     }
     sqlite3_finalize(st);
     KVS_FORWARD(rpt_close(dat, rc == SQLITE_DONE ? KVS_OK
@@ -388,7 +518,7 @@ static kvs_status_e figure_heatmap(rpt_ctx_t *ctx, uint32_t ti, const rpt_run_t 
     fprintf(fp, "    set xrange [-0.5:%lld.5]\n    set yrange [-0.5:%lld.5]\n", (long long)t->n_heads - 1,
             (long long)t->n_layers - 1);
     fprintf(fp, "    set xtics 1\n    set ytics %d\n    set tics out\n", t->n_layers > 16 ? 2 : 1);
-    write_key_note(fp, any_zero, floor);
+    write_key_note(fp, any_zero, zero_at);
     fprintf(fp, "    plot \"%s.dat\" using 2:1:4 with image notitle\n", name);
     rpt_gp_end(fp);
     return finish_figure(ctx, ti, name, gp, subject,
@@ -463,6 +593,8 @@ static kvs_status_e figure_agreement(rpt_ctx_t *ctx, uint32_t ti)
 
 typedef struct timing_row {
     char *kernel;
+    char *family;             /* NULL when no run of the kernel exists */
+    int compressed_exec;
     char *scope;
     char *host;
     int64_t context;
@@ -474,6 +606,7 @@ static void free_timings(timing_row_t *rows, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         free(rows[i].kernel);
+        free(rows[i].family);
         free(rows[i].scope);
         free(rows[i].host);
     }
@@ -492,7 +625,8 @@ static kvs_status_e load_timings(rpt_ctx_t *ctx, uint32_t ti, timing_row_t **out
     *out = NULL;
     *n = 0;
     if (sqlite3_prepare_v2(ctx->conn,
-                           "SELECT kernel, scope, host, context, attend_seconds, read_bytes FROM timing t "
+                           "SELECT kernel, scope, host, context, attend_seconds, read_bytes, family, compressed_exec "
+                           "FROM timing t "
                            "WHERE trace_id = ?1 AND attend_seconds IS NOT NULL AND (scope = 'model' OR NOT EXISTS "
                            "(SELECT 1 FROM timing m WHERE m.trace_id = ?1 AND m.kernel = t.kernel "
                            "AND m.scope = 'model')) ORDER BY kernel, host, scope, context",
@@ -519,6 +653,8 @@ static kvs_status_e load_timings(rpt_ctx_t *ctx, uint32_t ti, timing_row_t **out
         row->context = sqlite3_column_int64(st, 3);
         row->attend_seconds = sqlite3_column_double(st, 4);
         row->read_bytes = sqlite3_column_int64(st, 5);
+        row->family = sqlite3_column_type(st, 6) == SQLITE_NULL ? NULL : strdup((const char *)sqlite3_column_text(st, 6));
+        row->compressed_exec = sqlite3_column_int(st, 7);
     }
     sqlite3_finalize(st);
     if (rc != SQLITE_DONE)
@@ -531,9 +667,30 @@ static int same_series(const timing_row_t *a, const timing_row_t *b)
     return !strcmp(a->kernel, b->kernel) && !strcmp(a->scope, b->scope) && !strcmp(a->host, b->host);
 }
 
+/* Execution class of a timed kernel: the distinction the timing figures
+** are about. */
+static const char *timing_class(const timing_row_t *row)
+{
+    if (!row->family)
+        return "unknown execution";
+    if (!strcmp(row->family, "dense"))
+        return "dense";
+    return row->compressed_exec ? "compressed execution" : "storage only";
+}
+
+/* Dash pattern per execution class: solid dense, dashed storage-only,
+** dotted compressed execution. */
+static int timing_dash(const timing_row_t *row)
+{
+    if (!row->family || !strcmp(row->family, "dense"))
+        return 1;
+    return row->compressed_exec ? 3 : 2;
+}
+
 static void series_label(char *buf, size_t cap, const timing_row_t *row)
 {
-    snprintf(buf, cap, "%s%s [%s]", row->kernel, strcmp(row->scope, "model") ? " (one head)" : "", row->host);
+    snprintf(buf, cap, "%s, %s%s [%s]", row->kernel, timing_class(row),
+             strcmp(row->scope, "model") ? ", one head" : "", row->host);
 }
 
 /* Projected seconds of one timing row on dev: whole-model rows count every
@@ -619,14 +776,16 @@ static kvs_status_e figure_timing(rpt_ctx_t *ctx, uint32_t ti)
             if (i && same_series(&rows[i], &rows[i - 1]))
                 continue;
             series_label(label, sizeof label, &rows[i]);
-            fprintf(fp, "        \"%s.dat\" index %d using 1:2 with linespoints pt 7 lw 2 title ", name, block);
+            fprintf(fp, "        \"%s.dat\" index %d using 1:2 with linespoints pt 7 lw 2 lc rgb \"%s\" dt %d title ",
+                    name, block, series_colors[block % N_SERIES_COLORS], timing_dash(&rows[i]));
             rpt_gp_string(fp, label);
             fprintf(fp, "%s\n", ++block < n_series ? ", \\" : "");
         }
         rpt_gp_end(fp);
         rc = finish_figure(ctx, ti, name, gp, "Measured attention step time vs context length",
                            "Median time of one attention decode step measured by kvsim bench on the host in "
-                           "brackets, whole model unless marked (one head).");
+                           "brackets, whole model unless marked one head. Solid lines: dense; dashed: storage only "
+                           "(dequantize, then dense attention); dotted: compressed execution.");
     }
 
     /* Roofline estimates: one panel per device, reading the same file. */
@@ -662,8 +821,9 @@ static kvs_status_e figure_timing(rpt_ctx_t *ctx, uint32_t ti)
                 if (i && same_series(&rows[i], &rows[i - 1]))
                     continue;
                 series_label(label, sizeof label, &rows[i]);
-                fprintf(fp, "        \"%s.dat\" index %d using 1:%u with linespoints pt 7 ps 0.6 title ", name, block,
-                        4 + d);
+                fprintf(fp, "        \"%s.dat\" index %d using 1:%u with linespoints pt 7 ps 0.6 lc rgb \"%s\" dt %d "
+                            "title ",
+                        name, block, 4 + d, series_colors[block % N_SERIES_COLORS], timing_dash(&rows[i]));
                 rpt_gp_string(fp, label);
                 fprintf(fp, "%s\n", ++block < n_series ? ", \\" : "");
             }
