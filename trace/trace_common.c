@@ -200,16 +200,17 @@ uint16_t kvs_f32_to_f16(float x)
 float kvs_f16_to_f32(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exponent = (h >> 10) & 0x1fu;
-    uint32_t mantissa = h & 0x3ffu;
+    uint32_t magnitude = (uint32_t)(h & 0x7fffu) << 13;
 
-    if (exponent == 0) {
-        float v = ldexpf((float)mantissa, -24);
-        return sign ? -v : v;
-    }
-    if (exponent == 31)
-        return f32_from_bits(sign | 0x7f800000u | (mantissa << 13));
-    return f32_from_bits(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+    if ((h & 0x7c00u) == 0x7c00u)
+        return f32_from_bits(sign | 0x7f800000u | (magnitude & 0x007fffffu));
+
+    /* Shifted into place, the half's bits read as a float 2^112 too small
+    ** (exponent bias 127 against 15). Multiplying by 2^112 is exact and
+    ** turns half subnormals, which land in the float subnormal range, into
+    ** the right normal floats without a branch. */
+    float v = f32_from_bits(magnitude) * 0x1p112f;
+    return f32_from_bits(f32_bits(v) | sign);
 }
 
 uint16_t kvs_f32_to_bf16(float x)

@@ -13,7 +13,9 @@
 */
 #include "trace/trace.h"
 
+#include <jansson.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,8 +102,13 @@ static void load_trace(tensors_t *x, const char *path)
         die("open");
     x->shape = *kvs_trace_get_shape(t);
     x->n_tokens = kvs_trace_n_tokens(t);
-    snprintf(x->source, sizeof x->source, "real trace %s (stored as %s)", path,
-             kvs_dtype_name(kvs_trace_dtype(t)));
+    /* capture records "synthetic": true for models made by 'kvsim model synth'. */
+    json_t *metadata = json_loads(kvs_trace_metadata(t), 0, NULL);
+    bool synthetic = json_is_true(json_object_get(metadata, "synthetic"));
+    json_decref(metadata);
+    snprintf(x->source, sizeof x->source, "trace %s (stored as %s), captured from %s", path,
+             kvs_dtype_name(kvs_trace_dtype(t)),
+             synthetic ? "a SYNTHETIC model with random weights" : "a real model");
     x->data = calloc((size_t)KVS_KIND_COUNT * x->shape.n_layers, sizeof *x->data);
     for (int k = 0; k < KVS_KIND_COUNT; k++) {
         uint32_t width = kvs_trace_row_width(&x->shape, (kvs_kind_e)k);
