@@ -7,6 +7,7 @@
 
 #include "../db/db.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
@@ -162,6 +163,24 @@ static kvs_status_e load_runs(rpt_ctx_t *ctx, rpt_trace_t *t)
     return label_runs(t);
 }
 
+/* Sets the tag that names a trace's files. The hash comes from the file,
+** so anything but letters and digits is replaced: a tag never leaves the
+** report folder. */
+static void make_tag(const rpt_ctx_t *ctx, rpt_trace_t *t)
+{
+    size_t n = 0;
+
+    for (const char *p = t->hash; *p && n < 8; p++, n++)
+        t->short_hash[n] = isalnum((unsigned char)*p) ? *p : 'x';
+    t->short_hash[n] = '\0';
+    for (uint32_t i = 0; i + 1 < ctx->n_traces; i++) {
+        if (!strcmp(ctx->traces[i].short_hash, t->short_hash)) {
+            snprintf(t->short_hash + n, sizeof t->short_hash - n, "_%lld", (long long)t->id);
+            break;
+        }
+    }
+}
+
 static kvs_status_e load_traces(rpt_ctx_t *ctx)
 {
     sqlite3_stmt *st;
@@ -201,7 +220,7 @@ static kvs_status_e load_traces(rpt_ctx_t *ctx)
             status = kvs_fail(KVS_ERR_NOMEM, "out of memory reading traces");
             break;
         }
-        snprintf(t->short_hash, sizeof t->short_hash, "%.8s", t->hash);
+        make_tag(ctx, t);
         status = load_runs(ctx, t);
     }
     sqlite3_finalize(st);
@@ -371,6 +390,8 @@ kvs_status_e kvs_report_write(const char *db_path, const char *out_dir, const kv
     const char *devices_path = opts ? opts->devices_path : NULL;
 
     KVS_RETURN_IF(!out_dir || !*out_dir, KVS_ERR_USAGE, "no output folder given for the report");
+    KVS_RETURN_IF(strlen(out_dir) > 3900, KVS_ERR_INVALID, "output folder path too long (%zu characters): %.60s...",
+                  strlen(out_dir), out_dir);
     KVS_FORWARD(kvs_db_open_readonly(db_path, &db));
 
     memset(&ctx, 0, sizeof ctx);

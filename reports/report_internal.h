@@ -49,7 +49,9 @@ typedef struct rpt_run {
 typedef struct rpt_trace {
     int64_t id;
     char *hash;
-    char short_hash[9];     /* file name tag: the first 8 hex digits */
+    char short_hash[32];    /* file name tag: the first 8 characters of
+                               the hash, letters and digits only, plus the
+                               trace id when two traces share them */
     char *path;
     char *model;
     int synthetic;

@@ -181,7 +181,10 @@ static kvs_status_e writeup_table(rpt_ctx_t *ctx, const rpt_trace_t *t, rpt_tabl
                "Recomputes the comparison of the DEV Community write-up \"A Smaller KV Cache Did Not Make "
                "Transformers Faster\" from this trace's runs. Footprint: bytes stored for the whole model after "
                "cost-context tokens. Step time: kvsim bench whole-model median at the nearest context when "
-               "measured, else the replayer's per-unit mean times the number of units (one thread).",
+               "measured, else the replayer's per-unit mean times the number of units (one thread). For "
+               "reference, the write-up reported for SmolLM2-135M at about 2048 tokens, whole generation with "
+               "Hugging Face caches: dense 50.911 MiB and 2.250 s, quanto 0.913 MiB and 3.912 s, HQQ 19.133 MiB "
+               "and 9.770 s.",
                7, "backend", "what it represents", "step time", "cache footprint", "context (tokens)",
                "bytes/token", "bytes read/step");
     for (uint32_t i = 0; i < t->n_runs; i++) {

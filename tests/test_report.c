@@ -332,6 +332,47 @@ START_TEST(costmodel_roofline_values)
 }
 END_TEST
 
+START_TEST(trace_tags_unique_and_safe)
+{
+    char *dir = kvs_test_tmpdir("report_tags");
+    char db_path[4300], out[4300];
+    kvs_db_t *db;
+    int64_t ids[2];
+    static const char *const hashes[2] = {"a1b2c3d4ffffffff", "../../evil/hash"};
+
+    snprintf(db_path, sizeof db_path, "%s/r.db", dir);
+    snprintf(out, sizeof out, "%s/report", dir);
+    ck_assert_int_eq(kvs_db_open(db_path, &db), KVS_OK);
+    for (int t = 0; t < 2; t++) {
+        kvs_db_trace_info_t ti = {.path = hashes[t], .content_hash = hashes[t], .model = "m", .n_layers = FX_LAYERS,
+                                  .n_heads = FX_KV_HEADS * FX_GROUP, .n_kv_heads = FX_KV_HEADS, .head_dim = 64,
+                                  .n_prompt = 100, .n_generated = 156};
+        ck_assert_int_eq(kvs_db_put_trace(db, &ti, &ids[t]), KVS_OK);
+    }
+    /* Fixture kernel 2 (quanto:bits=4) on both traces, trace 0 sharing
+    ** the first 8 hash characters with the fixture's real trace. */
+    int64_t fixture_ids[2];
+    fx_put_traces(db, fixture_ids);
+    for (int t = 0; t < 2; t++) {
+        int64_t both[2] = {ids[t], ids[t]};
+        int64_t run = fx_begin(db, both, 2, 0);
+        ck_assert_int_eq(fx_commit(db, run, 2, 0, 0, 0), KVS_OK);
+        ck_assert_int_eq(kvs_db_end_run(db, run, "done"), KVS_OK);
+    }
+    int64_t run = fx_begin(db, fixture_ids, 2, 0);
+    ck_assert_int_eq(fx_commit(db, run, 2, 0, 0, 0), KVS_OK);
+    ck_assert_int_eq(kvs_db_end_run(db, run, "done"), KVS_OK);
+    kvs_db_close(db);
+
+    ck_assert_msg(kvs_report_write(db_path, out, NULL) == KVS_OK, "%s", kvs_error_message());
+    /* Trace ids follow insertion: 1 and 2 above, then the fixture's 3. */
+    assert_png(out, "error_bytes_a1b2c3d4.png");
+    assert_png(out, "error_bytes_a1b2c3d4_3.png");
+    assert_png(out, "error_bytes_xxxxxxev.png");
+    free(dir);
+}
+END_TEST
+
 static int have_gnuplot(void)
 {
     const char *env = getenv("KVSIM_GNUPLOT");
@@ -359,6 +400,7 @@ int main(void)
     tcase_add_test(tc, gnuplot_error_message_returned);
     tcase_add_test(tc, devices_file_matches_builtin);
     tcase_add_test(tc, costmodel_roofline_values);
+    tcase_add_test(tc, trace_tags_unique_and_safe);
     suite_add_tcase(s, tc);
     return kvs_test_run(s);
 }
