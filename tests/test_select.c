@@ -308,6 +308,26 @@ START_TEST(budget_resolves_tokens_and_percent)
 }
 END_TEST
 
+START_TEST(evict_lowest_oldest_on_ties)
+{
+    const double score[] = {1, 0, 0, 2, 0, -1};
+    uint8_t keep[] = {1, 1, 1, 1, 1, 0};
+    const uint8_t after_two[] = {1, 0, 0, 1, 1, 0};
+    const uint8_t after_all[] = {0, 0, 0, 0, 0, 0};
+
+    /* Position 5 is not resident, so its lower score does not count. */
+    ck_assert_uint_eq(kvs_select_lowest(score, keep, 0, 6), 1);
+    ck_assert_uint_eq(kvs_select_lowest(score, keep, 3, 6), 4);
+    ck_assert_uint_eq(kvs_select_evict_lowest(score, keep, 0, 6, 2), 2);
+    ck_assert_mem_eq(keep, after_two, 6);
+    ck_assert_uint_eq(kvs_select_evict_lowest(score, keep, 0, 6, 1), 1);
+    ck_assert_int_eq(keep[4], 0);
+    ck_assert_uint_eq(kvs_select_evict_lowest(score, keep, 0, 6, 10), 2);
+    ck_assert_mem_eq(keep, after_all, 6);
+    ck_assert_uint_eq(kvs_select_lowest(score, keep, 0, 6), UINT32_MAX);
+}
+END_TEST
+
 START_TEST(check_rejects_bad_combinations)
 {
     kvs_kernel_dims_t dims = {8, 2, 4, 1, 0, 0, 1};
@@ -1061,6 +1081,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, table_names_unique_with_hooks);
     tcase_add_test(tc, budget_resolves_tokens_and_percent);
+    tcase_add_test(tc, evict_lowest_oldest_on_ties);
     tcase_add_test(tc, check_rejects_bad_combinations);
     tcase_add_test(tc, full_budget_equals_dense);
     tcase_add_test(tc, streamingllm_keeps_sinks_and_window);

@@ -66,14 +66,9 @@ static void h2o_evict(h2o_state_t *s, uint8_t *keep, uint32_t n)
     uint32_t budget = kvs_select_budget(s->budget, n);
     uint32_t recent = h2o_recent(s, n);
 
-    while (s->resident > budget) {
-        uint32_t victim = kvs_select_lowest(s->score, keep, 0, n - recent);
-
-        if (victim == UINT32_MAX)
-            break;
-        keep[victim] = 0;
-        s->resident--;
-    }
+    if (s->resident > budget)
+        s->resident -= kvs_select_evict_lowest(s->score, keep, 0, n - recent,
+                                               s->resident - budget);
 }
 
 static kvs_status_e h2o_create(const kvs_params_t *p, const kvs_kernel_dims_t *dims, void **state)

@@ -55,14 +55,9 @@ static kvs_status_e keynorm_append(void *state, const float *k, uint8_t *keep, u
     s->neg_norm[n - 1] = -sqrt(sum);
     s->resident++;
 
-    while (s->resident > budget) {
-        uint32_t victim = kvs_select_lowest(s->neg_norm, keep, 0, n - 1);
-
-        if (victim == UINT32_MAX)
-            break;
-        keep[victim] = 0;
-        s->resident--;
-    }
+    if (s->resident > budget)
+        s->resident -= kvs_select_evict_lowest(s->neg_norm, keep, 0, n - 1,
+                                               s->resident - budget);
     return KVS_OK;
 }
 

@@ -104,3 +104,51 @@ uint32_t kvs_select_lowest(const double *score, const uint8_t *keep, uint32_t lo
     }
     return best;
 }
+
+typedef struct select_ranked {
+    double score;
+    uint32_t pos;
+} select_ranked_t;
+
+/* Orders by score, lowest first, oldest on ties. */
+static int select_by_score(const void *a, const void *b)
+{
+    const select_ranked_t *x = a, *y = b;
+
+    if (x->score != y->score)
+        return x->score < y->score ? -1 : 1;
+    return x->pos < y->pos ? -1 : (x->pos > y->pos);
+}
+
+uint32_t kvs_select_evict_lowest(const double *score, uint8_t *keep, uint32_t lo, uint32_t hi,
+                                 uint32_t count)
+{
+    select_ranked_t *ranked = NULL;
+    uint32_t n_ranked = 0, evicted = 0;
+
+    if (count > 1 && hi > lo)
+        ranked = malloc((size_t)(hi - lo) * sizeof *ranked);
+
+    /* One eviction, or no memory to sort: repeated scans choose the same. */
+    if (!ranked) {
+        while (evicted < count) {
+            uint32_t victim = kvs_select_lowest(score, keep, lo, hi);
+
+            if (victim == UINT32_MAX)
+                break;
+            keep[victim] = 0;
+            evicted++;
+        }
+        return evicted;
+    }
+
+    for (uint32_t t = lo; t < hi; t++) {
+        if (keep[t])
+            ranked[n_ranked++] = (select_ranked_t){score[t], t};
+    }
+    qsort(ranked, n_ranked, sizeof *ranked, select_by_score);
+    for (; evicted < count && evicted < n_ranked; evicted++)
+        keep[ranked[evicted].pos] = 0;
+    free(ranked);
+    return evicted;
+}

@@ -55,6 +55,13 @@ void kvs_select_causal_weights(const float *keys, uint32_t d, const float *q, ui
 ** the oldest on ties; UINT32_MAX when none is resident. */
 uint32_t kvs_select_lowest(const double *score, const uint8_t *keep, uint32_t lo, uint32_t hi);
 
+/* Clears keep for the `count` lowest-scored resident positions in [lo, hi),
+** the oldest first on ties, and returns how many it cleared (fewer when
+** fewer are resident there). The same choice as `count` calls of
+** kvs_select_lowest, in O(n log n) instead of O(count * n). */
+uint32_t kvs_select_evict_lowest(const double *score, uint8_t *keep, uint32_t lo, uint32_t hi,
+                                 uint32_t count);
+
 /* Quest's bound sum_i max(q_i m_i, q_i M_i) for one query head q (d
 ** floats) over page `page` of a quest policy state, unscaled by sqrt(d). */
 double kvs_quest_page_bound(const void *state, const float *q, uint32_t page);

@@ -46,14 +46,8 @@ static void tova_evict(tova_state_t *s, uint8_t *keep, uint32_t n)
 {
     uint32_t budget = kvs_select_budget(s->budget, n);
 
-    while (s->resident > budget) {
-        uint32_t victim = kvs_select_lowest(s->weight, keep, 0, n - 1);
-
-        if (victim == UINT32_MAX)
-            break;
-        keep[victim] = 0;
-        s->resident--;
-    }
+    if (s->resident > budget)
+        s->resident -= kvs_select_evict_lowest(s->weight, keep, 0, n - 1, s->resident - budget);
 }
 
 static kvs_status_e tova_create(const kvs_params_t *p, const kvs_kernel_dims_t *dims, void **state)
