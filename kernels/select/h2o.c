@@ -78,8 +78,8 @@ static kvs_status_e h2o_create(const kvs_params_t *p, const kvs_kernel_dims_t *d
     KVS_RETURN_IF(!s, KVS_ERR_NOMEM, "out of memory creating an h2o policy");
     s->d = dims->head_dim;
     s->group = dims->group_size;
-    s->budget = kvs_select_param(p, "budget");
-    s->heavy = kvs_select_param(p, "heavy");
+    s->budget = kvs_param_number(p, "budget");
+    s->heavy = kvs_param_number(p, "heavy");
     *state = s;
     return KVS_OK;
 }
@@ -170,12 +170,12 @@ static void h2o_cost(const kvs_params_t *p, const kvs_kernel_dims_t *dims, uint6
                      kvs_part_cost_t *out, uint64_t *resident)
 {
     uint32_t n = n_context > UINT32_MAX ? UINT32_MAX : (uint32_t)n_context;
-    uint64_t kept = kvs_select_budget(kvs_select_param(p, "budget"), n);
+    uint64_t kept = kvs_select_budget(kvs_param_number(p, "budget"), n);
 
     /* A step reads and rewrites every resident score and adds the group's
     ** weights to it. */
     *out = (kvs_part_cost_t){0};
-    out->bytes_per_token = kvs_select_resident_slope(kvs_select_param(p, "budget"), n) *
+    out->bytes_per_token = kvs_select_resident_slope(kvs_param_number(p, "budget"), n) *
                            sizeof(float);
     out->stored_bytes = kept * sizeof(float);
     out->read_bytes = kept * sizeof(float);

@@ -37,7 +37,7 @@ static kvs_status_e keynorm_create(const kvs_params_t *p, const kvs_kernel_dims_
 
     KVS_RETURN_IF(!s, KVS_ERR_NOMEM, "out of memory creating a keynorm policy");
     s->d = dims->head_dim;
-    s->budget = kvs_select_param(p, "budget");
+    s->budget = kvs_param_number(p, "budget");
     *state = s;
     return KVS_OK;
 }
@@ -73,7 +73,7 @@ static void keynorm_cost(const kvs_params_t *p, const kvs_kernel_dims_t *dims, u
                          kvs_part_cost_t *out, uint64_t *resident)
 {
     uint32_t n = n_context > UINT32_MAX ? UINT32_MAX : (uint32_t)n_context;
-    double budget = kvs_select_param(p, "budget");
+    double budget = kvs_param_number(p, "budget");
     uint64_t kept = kvs_select_budget(budget, n);
 
     /* A step computes the new key's norm and scans the resident norms for

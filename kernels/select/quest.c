@@ -123,11 +123,11 @@ static kvs_status_e quest_create(const kvs_params_t *p, const kvs_kernel_dims_t 
     KVS_RETURN_IF(!s, KVS_ERR_NOMEM, "out of memory creating a quest policy");
     s->d = dims->head_dim;
     s->group = dims->group_size;
-    s->budget = kvs_select_param(p, "budget");
-    s->page = (uint32_t)kvs_select_param(p, "page");
-    s->min_pages = (uint32_t)kvs_select_param(p, "min_pages");
-    s->dtype = (int)kvs_select_param(p, "dtype");
-    s->dense = dims->layer < (uint32_t)kvs_select_param(p, "dense_layers");
+    s->budget = kvs_param_number(p, "budget");
+    s->page = (uint32_t)kvs_param_number(p, "page");
+    s->min_pages = (uint32_t)kvs_param_number(p, "min_pages");
+    s->dtype = (int)kvs_param_number(p, "dtype");
+    s->dense = dims->layer < (uint32_t)kvs_param_number(p, "dense_layers");
     *state = s;
     return KVS_OK;
 }
@@ -232,10 +232,10 @@ static void quest_cost(const kvs_params_t *p, const kvs_kernel_dims_t *dims, uin
                        kvs_part_cost_t *out, uint64_t *resident)
 {
     uint32_t n = n_context > UINT32_MAX ? UINT32_MAX : (uint32_t)n_context;
-    uint32_t page = (uint32_t)kvs_select_param(p, "page");
-    uint64_t page_bytes = 2ull * dims->head_dim * quest_value_bytes((int)kvs_select_param(p, "dtype"));
+    uint32_t page = (uint32_t)kvs_param_number(p, "page");
+    uint64_t page_bytes = 2ull * dims->head_dim * quest_value_bytes((int)kvs_param_number(p, "dtype"));
     uint64_t pages = quest_pages(n, page);
-    int dense = dims->layer < (uint32_t)kvs_select_param(p, "dense_layers");
+    int dense = dims->layer < (uint32_t)kvs_param_number(p, "dense_layers");
 
     /* A step reads every page's bounds and, per query head and dimension,
     ** takes two products, a maximum and a sum. */

@@ -1,24 +1,12 @@
 /*
-** select_common.c: parameter look-up, budget resolution, buffers and the
+** select_common.c: budget resolution, buffers, eviction by score and the
 ** exact causal attention that prefill-time policies score with.
 */
 #include "select_internal.h"
 
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-double kvs_select_param(const kvs_params_t *p, const char *name)
-{
-    for (uint32_t i = 0; p->docs[i].name; i++) {
-        if (strcmp(p->docs[i].name, name) == 0)
-            return p->number[i];
-    }
-    fprintf(stderr, "kvsim: selection policy reads parameter '%s' that its docs do not list\n",
-            name);
-    abort();
-}
 
 uint32_t kvs_select_budget(double value, uint32_t n)
 {

@@ -25,10 +25,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Value of parameter `name` of a policy part; aborts when the docs do not
-** list it, because that is a bug in the policy, not user input. */
-double kvs_select_param(const kvs_params_t *p, const char *name);
-
 /* Resolves a BUDGET value at context n: a positive value is a token count,
 ** a negative one the fraction -value of n rounded down. The result is at
 ** least 1 and at most n (0 when n is 0). */

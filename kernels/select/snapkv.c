@@ -48,7 +48,7 @@ static const kvs_param_doc_t snapkv_params[] = {
 
 static kvs_status_e snapkv_check(const kvs_params_t *p, const kvs_kernel_dims_t *dims)
 {
-    double kernel = kvs_select_param(p, "kernel");
+    double kernel = kvs_param_number(p, "kernel");
 
     KVS_RETURN_IF((uint32_t)kernel % 2 == 0, KVS_ERR_KERNEL_SPEC,
                   "snapkv kernel=%.0f must be odd so pooling keeps the length; use %.0f",
@@ -64,9 +64,9 @@ static kvs_status_e snapkv_create(const kvs_params_t *p, const kvs_kernel_dims_t
     KVS_RETURN_IF(!s, KVS_ERR_NOMEM, "out of memory creating a snapkv policy");
     s->d = dims->head_dim;
     s->group = dims->group_size;
-    s->budget = kvs_select_param(p, "budget");
-    s->window = (uint32_t)kvs_select_param(p, "window");
-    s->kernel = (uint32_t)kvs_select_param(p, "kernel");
+    s->budget = kvs_param_number(p, "budget");
+    s->window = (uint32_t)kvs_param_number(p, "window");
+    s->kernel = (uint32_t)kvs_param_number(p, "kernel");
     *state = s;
     return KVS_OK;
 }
@@ -214,7 +214,7 @@ static void snapkv_cost(const kvs_params_t *p, const kvs_kernel_dims_t *dims, ui
     uint32_t n = n_context > UINT32_MAX ? UINT32_MAX : (uint32_t)n_context;
 
     *out = (kvs_part_cost_t){0};
-    *resident = kvs_select_budget(kvs_select_param(p, "budget"), n);
+    *resident = kvs_select_budget(kvs_param_number(p, "budget"), n);
 }
 
 static void snapkv_destroy(void *state)

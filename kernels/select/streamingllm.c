@@ -43,8 +43,8 @@ static uint32_t streamingllm_window(double budget, uint32_t sinks, uint32_t n)
 
 static kvs_status_e streamingllm_check(const kvs_params_t *p, const kvs_kernel_dims_t *dims)
 {
-    double budget = kvs_select_param(p, "budget");
-    double sinks = kvs_select_param(p, "sinks");
+    double budget = kvs_param_number(p, "budget");
+    double sinks = kvs_param_number(p, "sinks");
 
     KVS_RETURN_IF(budget > 0 && budget < sinks + 1, KVS_ERR_KERNEL_SPEC,
                   "streamingllm budget=%.0f is below sinks+1=%.0f; raise budget or lower sinks",
@@ -58,8 +58,8 @@ static kvs_status_e streamingllm_create(const kvs_params_t *p, const kvs_kernel_
     streamingllm_state_t *s = calloc(1, sizeof *s);
 
     KVS_RETURN_IF(!s, KVS_ERR_NOMEM, "out of memory creating a streamingllm policy");
-    s->budget = kvs_select_param(p, "budget");
-    s->sinks = (uint32_t)kvs_select_param(p, "sinks");
+    s->budget = kvs_param_number(p, "budget");
+    s->sinks = (uint32_t)kvs_param_number(p, "sinks");
     s->window_start = s->sinks;
     *state = s;
     return KVS_OK;
@@ -86,9 +86,9 @@ static void streamingllm_cost(const kvs_params_t *p, const kvs_kernel_dims_t *di
                               uint64_t n_context, kvs_part_cost_t *out, uint64_t *resident)
 {
     uint32_t n = n_context > UINT32_MAX ? UINT32_MAX : (uint32_t)n_context;
-    uint32_t sinks = (uint32_t)kvs_select_param(p, "sinks");
+    uint32_t sinks = (uint32_t)kvs_param_number(p, "sinks");
     uint64_t kept = (uint64_t)(sinks < n ? sinks : n) +
-                    streamingllm_window(kvs_select_param(p, "budget"), sinks, n);
+                    streamingllm_window(kvs_param_number(p, "budget"), sinks, n);
 
     *out = (kvs_part_cost_t){0};
     *resident = kept < n_context ? kept : n_context;

@@ -57,7 +57,7 @@ static kvs_status_e tova_create(const kvs_params_t *p, const kvs_kernel_dims_t *
     KVS_RETURN_IF(!s, KVS_ERR_NOMEM, "out of memory creating a tova policy");
     s->d = dims->head_dim;
     s->group = dims->group_size;
-    s->budget = kvs_select_param(p, "budget");
+    s->budget = kvs_param_number(p, "budget");
     *state = s;
     return KVS_OK;
 }
@@ -135,7 +135,7 @@ static void tova_cost(const kvs_params_t *p, const kvs_kernel_dims_t *dims, uint
     uint32_t n = n_context > UINT32_MAX ? UINT32_MAX : (uint32_t)n_context;
 
     *out = (kvs_part_cost_t){0};
-    *resident = kvs_select_budget(kvs_select_param(p, "budget"), n);
+    *resident = kvs_select_budget(kvs_param_number(p, "budget"), n);
 }
 
 static void tova_destroy(void *state)
