@@ -1,11 +1,299 @@
-/* cmd_demo.c: placeholder until the 'demo' subcommand lands. */
+/*
+** cmd_demo.c: kvsim demo, the whole pipeline in one command: find a model,
+** capture a trace, replay the built-in kernel list, write the report.
+*/
 #include "cli.h"
 
+#include "capture/capture.h"
+#include "common/fsutil.h"
+#include "reports/report.h"
+#include "sim/replay.h"
+
+#include <getopt.h>
+#include <glob.h>
+#include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char usage[] =
+    "usage: kvsim demo [--model DIR] [-o DIR] [--prompt-len N] [--new-tokens N]\n"
+    "                  [--threads N] [--quiet]\n"
+    "\n"
+    "Captures a trace, replays every built-in kernel over it and writes a report:\n"
+    "DIR/trace.kvt, DIR/results.db and DIR/report/index.html (DIR defaults to\n"
+    "demo-out). An earlier results.db in DIR is replaced.\n"
+    "\n"
+    "The model is --model DIR, else $KVSIM_MODEL, else SmolLM2-135M-Instruct in\n"
+    "the Hugging Face hub cache ($HF_HUB_CACHE, $HF_HOME/hub or\n"
+    "~/.cache/huggingface/hub), else a synthetic SmolLM2-135M with random\n"
+    "weights, generated into DIR and labelled synthetic everywhere.\n"
+    "\n"
+    "  --prompt-len N   prompt positions (default: 2048 for SmolLM2-sized models,\n"
+    "                   else a quarter of the model's context)\n"
+    "  --new-tokens N   generated positions (default 128)\n"
+    "  --threads N      replay threads (default: all cores)\n";
+
+/* Kernels the demo replays: the reference, the dense formats and the
+** quantized caches users compare against Hugging Face's. */
+static const char *const demo_kernels[] = {
+    "dense:dtype=f32",
+    "dense:dtype=f16",
+    "dense:dtype=bf16",
+    "quanto:bits=4",
+    "quanto:bits=2",
+};
+
+typedef struct demo_opts {
+    const char *model;
+    const char *out_dir;
+    uint32_t prompt_len, new_tokens, threads;
+    int quiet;
+} demo_opts_t;
+
+static int is_model_dir(const char *dir)
+{
+    char path[4200];
+    struct stat st;
+
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    return stat(path, &st) == 0;
+}
+
+/* Looks for SmolLM2-135M-Instruct in the Hugging Face hub cache layout:
+** CACHE/models--HuggingFaceTB--SmolLM2-135M-Instruct/snapshots/REV/. */
+static char *find_hub_model(void)
+{
+    char cache[4096], pattern[4200];
+    const char *hub = getenv("HF_HUB_CACHE"), *home = getenv("HF_HOME");
+    glob_t g;
+    char *found = NULL;
+
+    if (hub)
+        snprintf(cache, sizeof cache, "%s", hub);
+    else if (home)
+        snprintf(cache, sizeof cache, "%s/hub", home);
+    else if (getenv("HOME"))
+        snprintf(cache, sizeof cache, "%s/.cache/huggingface/hub", getenv("HOME"));
+    else
+        return NULL;
+    snprintf(pattern, sizeof pattern,
+             "%s/models--HuggingFaceTB--SmolLM2-135M-Instruct/snapshots/*/config.json", cache);
+    if (glob(pattern, 0, NULL, &g) == 0 && g.gl_pathc > 0) {
+        found = strdup(g.gl_pathv[g.gl_pathc - 1]);
+        if (found)
+            *strrchr(found, '/') = '\0';
+    }
+    globfree(&g);
+    return found;
+}
+
+/* Resolves the model folder; makes the synthetic model when none is found.
+** *synthetic is set when the demo made the model itself. */
+static kvs_status_e resolve_model(const demo_opts_t *o, char **model_dir, int *synthetic)
+{
+    const char *env = getenv("KVSIM_MODEL");
+    char path[4096];
+
+    *synthetic = 0;
+    if (o->model) {
+        KVS_RETURN_IF(!is_model_dir(o->model), KVS_ERR_NOT_FOUND,
+                      "--model %s: no config.json there; pass a Hugging Face model folder", o->model);
+        *model_dir = strdup(o->model);
+        return KVS_OK;
+    }
+    if (env && *env) {
+        KVS_RETURN_IF(!is_model_dir(env), KVS_ERR_NOT_FOUND,
+                      "KVSIM_MODEL=%s: no config.json there; point it at a Hugging Face model folder",
+                      env);
+        *model_dir = strdup(env);
+        return KVS_OK;
+    }
+    *model_dir = find_hub_model();
+    if (*model_dir)
+        return KVS_OK;
+
+    KVS_FORWARD(kvs_path_join(path, sizeof path, o->out_dir, "synthetic-smollm2-135m"));
+    if (!o->quiet)
+        fprintf(stderr, "demo: no SmolLM2 found (--model, KVSIM_MODEL, Hugging Face cache); "
+                        "using a SYNTHETIC SmolLM2-135M with random weights in %s\n", path);
+    if (!is_model_dir(path))
+        KVS_FORWARD(kvs_model_synth("smollm2-135m", path, 1));
+    *model_dir = strdup(path);
+    *synthetic = 1;
+    return KVS_OK;
+}
+
+/* Reads the few config fields the demo needs to size the prompt. */
+static kvs_status_e read_config(const char *model_dir, uint32_t *vocab, uint32_t *context,
+                                int32_t *bos, uint32_t *hidden)
+{
+    char path[4096];
+    json_error_t jerr;
+    json_t *cfg;
+
+    KVS_FORWARD(kvs_path_join(path, sizeof path, model_dir, "config.json"));
+    cfg = json_load_file(path, 0, &jerr);
+    KVS_RETURN_IF(!json_is_object(cfg), KVS_ERR_CONFIG, "%s: %s (line %d)", path, jerr.text, jerr.line);
+    json_t *v = json_object_get(cfg, "vocab_size");
+    json_t *c = json_object_get(cfg, "max_position_embeddings");
+    json_t *b = json_object_get(cfg, "bos_token_id");
+    json_t *h = json_object_get(cfg, "hidden_size");
+    *vocab = json_is_integer(v) ? (uint32_t)json_integer_value(v) : 0;
+    *context = json_is_integer(c) ? (uint32_t)json_integer_value(c) : 2048;
+    *bos = json_is_integer(b) ? (int32_t)json_integer_value(b) : -1;
+    *hidden = json_is_integer(h) ? (uint32_t)json_integer_value(h) : 0;
+    json_decref(cfg);
+    KVS_RETURN_IF(*vocab == 0, KVS_ERR_CONFIG, "%s: missing vocab_size", path);
+    return KVS_OK;
+}
+
+/* The prompt: BOS, then token ids from a fixed-seed generator, so the demo
+** is the same on every machine. Ids skip the first 3 (special tokens). */
+static kvs_status_e make_prompt(uint32_t n, uint32_t vocab, int32_t bos, int32_t **ids)
+{
+    uint64_t state = 0x9E3779B97F4A7C15ull;
+
+    *ids = malloc(n * sizeof **ids);
+    KVS_RETURN_IF(!*ids, KVS_ERR_NOMEM, "out of memory");
+    for (uint32_t i = 0; i < n; i++) {
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        uint32_t span = vocab > 3 ? vocab - 3 : vocab;
+        (*ids)[i] = (int32_t)(3 + (state >> 33) % span);
+    }
+    if (bos >= 0 && (uint32_t)bos < vocab)
+        (*ids)[0] = bos;
+    return KVS_OK;
+}
+
+static void remove_db(const char *db_path)
+{
+    char path[4200];
+
+    unlink(db_path);
+    snprintf(path, sizeof path, "%s-wal", db_path);
+    unlink(path);
+    snprintf(path, sizeof path, "%s-shm", db_path);
+    unlink(path);
+}
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static kvs_status_e run_demo(const demo_opts_t *o)
+{
+    char *model_dir = NULL;
+    int synthetic = 0;
+    int32_t *ids = NULL;
+    char trace_path[4096], db_path[4096], report_dir[4096];
+    uint32_t vocab = 0, context = 0, hidden = 0;
+    int32_t bos = -1;
+    kvs_status_e rc;
+    double t0, t1, t2, t3;
+
+    KVS_FORWARD(kvs_mkdir_p(o->out_dir));
+    KVS_FORWARD(kvs_path_join(trace_path, sizeof trace_path, o->out_dir, "trace.kvt"));
+    KVS_FORWARD(kvs_path_join(db_path, sizeof db_path, o->out_dir, "results.db"));
+    KVS_FORWARD(kvs_path_join(report_dir, sizeof report_dir, o->out_dir, "report"));
+    KVS_FORWARD(resolve_model(o, &model_dir, &synthetic));
+    KVS_RETURN_IF(!model_dir, KVS_ERR_NOMEM, "out of memory");
+
+    rc = read_config(model_dir, &vocab, &context, &bos, &hidden);
+    uint32_t prompt_len = o->prompt_len, new_tokens = o->new_tokens;
+    if (rc == KVS_OK && prompt_len == 0)
+        prompt_len = hidden >= 512 ? 2048 : context / 4;
+    if (rc == KVS_OK && prompt_len + new_tokens > context)
+        rc = kvs_fail(KVS_ERR_USAGE, "--prompt-len %u plus --new-tokens %u exceeds the model's context "
+                                     "of %u positions", prompt_len, new_tokens, context);
+    if (rc == KVS_OK)
+        rc = make_prompt(prompt_len ? prompt_len : 1, vocab, bos, &ids);
+
+    /* Stage 1: capture. */
+    t0 = now_seconds();
+    if (rc == KVS_OK) {
+        kvs_capture_opts_t copts = {
+            .model_dir = model_dir, .prompt_ids = ids, .n_prompt = prompt_len ? prompt_len : 1,
+            .max_new_tokens = new_tokens, .temperature = 0, .top_p = 1, .seed = 1,
+            .dtype = KVS_DTYPE_F32, .stop_at_eos = 0, .out_path = trace_path,
+        };
+        kvs_capture_result_t cres;
+        if (!o->quiet)
+            fprintf(stderr, "demo: capturing %u prompt + %u generated positions from %s\n",
+                    copts.n_prompt, new_tokens, model_dir);
+        rc = kvs_capture_run(&copts, &cres);
+    }
+
+    /* Stage 2: replay into a fresh database. */
+    t1 = now_seconds();
+    if (rc == KVS_OK) {
+        const char *traces[1] = {trace_path};
+        kvs_replay_opts_t ropts = {
+            .db_path = db_path, .traces = traces, .n_traces = 1, .kernels = demo_kernels,
+            .n_kernels = sizeof demo_kernels / sizeof demo_kernels[0], .eval = KVS_EVAL_DECODE,
+            .threads = o->threads, .quiet = o->quiet,
+        };
+        remove_db(db_path);
+        rc = kvs_replay_run(&ropts);
+    }
+
+    /* Stage 3: report. */
+    t2 = now_seconds();
+    if (rc == KVS_OK) {
+        kvs_report_opts_t rep = {0};
+        rc = kvs_report_write(db_path, report_dir, &rep);
+    }
+    t3 = now_seconds();
+
+    if (rc == KVS_OK) {
+        printf("model:   %s%s\n", model_dir, synthetic ? " (SYNTHETIC: random weights)" : "");
+        printf("trace:   %s (capture %.1f s)\n", trace_path, t1 - t0);
+        printf("results: %s (replay of %zu kernels %.1f s)\n", db_path,
+               sizeof demo_kernels / sizeof demo_kernels[0], t2 - t1);
+        printf("report:  %s/index.html (%.1f s)\n", report_dir, t3 - t2);
+    }
+    free(ids);
+    free(model_dir);
+    return rc;
+}
 
 int kvs_cmd_demo(int argc, char **argv)
 {
-    (void)argc;
-    fprintf(stderr, "kvsim %s: not built yet\n", argv[0]);
-    return KVS_EXIT_ERROR;
+    static const struct option long_options[] = {
+        {"model", required_argument, NULL, 'm'},      {"output", required_argument, NULL, 'o'},
+        {"prompt-len", required_argument, NULL, 'p'}, {"new-tokens", required_argument, NULL, 'n'},
+        {"threads", required_argument, NULL, 'j'},    {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},             {NULL, 0, NULL, 0},
+    };
+    demo_opts_t o = {.out_dir = "demo-out", .new_tokens = 128};
+    kvs_status_e rc = KVS_OK;
+    int c;
+
+    optind = 1;
+    opterr = 0;
+    while (rc == KVS_OK && (c = getopt_long(argc, argv, "o:", long_options, NULL)) != -1) {
+        switch (c) {
+        case 'm': o.model = optarg; break;
+        case 'o': o.out_dir = optarg; break;
+        case 'p': rc = kvs_cli_parse_u32("--prompt-len", optarg, 1, 1u << 20, &o.prompt_len); break;
+        case 'n': rc = kvs_cli_parse_u32("--new-tokens", optarg, 1, 1u << 20, &o.new_tokens); break;
+        case 'j': rc = kvs_cli_parse_u32("--threads", optarg, 1, 1024, &o.threads); break;
+        case 'q': o.quiet = 1; break;
+        case 'h': fputs(usage, stdout); return KVS_EXIT_OK;
+        default: return kvs_cli_usage_error(argv[0], "unknown or incomplete option '%s'", argv[optind - 1]);
+        }
+    }
+    if (rc != KVS_OK)
+        return kvs_cli_report_error(argv[0], rc);
+    if (optind < argc)
+        return kvs_cli_usage_error(argv[0], "unexpected argument '%s'", argv[optind]);
+
+    rc = run_demo(&o);
+    return rc == KVS_OK ? KVS_EXIT_OK : kvs_cli_report_error(argv[0], rc);
 }

@@ -1,0 +1,59 @@
+/*
+** replay_unit.h: one replay unit, (trace, kernel, layer, KV head), run
+** against exact attention. Internal to sim/.
+*/
+#ifndef KVS_REPLAY_UNIT_H
+#define KVS_REPLAY_UNIT_H
+
+#include "../db/db.h"
+#include "../kernels/kernel.h"
+#include "../trace/trace.h"
+#include "replay.h"
+
+#include <stdint.h>
+
+/* What the replayer knows about one trace. */
+typedef struct kvs_replay_trace {
+    const char *path;
+    kvs_trace_t *trace;
+    kvs_trace_shape_t shape;
+    uint32_t n_tokens;
+    uint32_t n_prompt;        /* positions before the first generated one */
+    int synthetic;
+    char *model;              /* from the metadata, malloc'd */
+    int64_t trace_id;
+} kvs_replay_trace_t;
+
+/* Which positions are evaluated. */
+typedef struct kvs_eval_plan {
+    kvs_eval_e eval;
+    uint32_t eval_n;
+    uint32_t max_steps;
+} kvs_eval_plan_t;
+
+/* Results of one unit, ready for kvs_db_commit_unit. */
+typedef struct kvs_unit_result {
+    uint32_t group;                 /* query heads in the unit */
+    kvs_db_head_row_t rows[64];
+    double attend_seconds;
+    uint32_t attend_calls;
+    /* Storage behind rows[].bucket_* */
+    uint32_t *bucket_steps;
+    double *bucket_out;
+    double *bucket_logit;
+} kvs_unit_result_t;
+
+/* Marks the evaluated positions of a trace in eval_mask (n_tokens entries)
+** and returns how many there are. */
+uint32_t kvs_eval_positions(const kvs_eval_plan_t *plan, uint32_t n_tokens, uint32_t n_prompt,
+                            uint8_t *eval_mask);
+
+/* Runs one unit: streams the layer's k, k_pre and v for kv_head into a
+** fresh kernel and compares at evaluated positions. */
+kvs_status_e kvs_replay_unit(const kvs_replay_trace_t *rt, const kvs_kernel_spec_t *spec,
+                             uint64_t seed, uint32_t layer, uint32_t kv_head,
+                             const uint8_t *eval_mask, kvs_unit_result_t *res);
+
+void kvs_unit_result_free(kvs_unit_result_t *res);
+
+#endif

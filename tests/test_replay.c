@@ -1,0 +1,206 @@
+/*
+** test_replay.c: the replayer on a real stories260K trace: dense F32 gives
+** zero error, quanto 4-bit lies strictly between F32 and quanto 2-bit,
+** threaded equals single-threaded, shards add up, resume adds nothing.
+*/
+#include "testutil.h"
+
+#include "capture/capture.h"
+#include "sim/replay.h"
+
+#include <math.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *model_dir;
+static char *tmp;
+static char trace_path[4200];
+
+/* Captures 64 prompt + 96 generated positions once for the whole suite:
+** enough decode steps for the quanto residual (127 tokens) to fill. */
+static void make_trace(void)
+{
+    int32_t prompt[64];
+    kvs_capture_opts_t o = {0};
+    kvs_capture_result_t res;
+
+    for (int i = 0; i < 64; i++)
+        prompt[i] = i == 0 ? 1 : 3 + (i * 37) % 500;
+    tmp = kvs_test_tmpdir("replay");
+    snprintf(trace_path, sizeof trace_path, "%s/stories.kvt", tmp);
+    o.model_dir = model_dir;
+    o.prompt_ids = prompt;
+    o.n_prompt = 64;
+    o.max_new_tokens = 96;
+    o.top_p = 1;
+    o.dtype = KVS_DTYPE_F32;
+    o.out_path = trace_path;
+    if (kvs_capture_run(&o, &res) != KVS_OK) {
+        fprintf(stderr, "capture failed: %s\n", kvs_error_message());
+        exit(1);
+    }
+}
+
+static kvs_status_e replay(const char *db, const char *const *kernels, uint32_t n_kernels,
+                           uint32_t threads, uint32_t shard_k, uint32_t shard_n, int resume)
+{
+    const char *traces[1] = {trace_path};
+    kvs_replay_opts_t o = {
+        .db_path = db, .traces = traces, .n_traces = 1, .kernels = kernels, .n_kernels = n_kernels,
+        .eval = KVS_EVAL_DECODE, .threads = threads, .resume = resume, .shard_k = shard_k,
+        .shard_n = shard_n, .quiet = 1,
+    };
+    return kvs_replay_run(&o);
+}
+
+/* Runs a query returning one number. */
+static double query_number(const char *db_path, const char *sql)
+{
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    double v = NAN;
+
+    ck_assert_int_eq(sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    ck_assert_msg(sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK, "%s: %s", sql,
+                  sqlite3_errmsg(db));
+    if (sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_double(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+/* Concatenates every row of a query into one string, for equality checks. */
+static char *query_text(const char *db_path, const char *sql)
+{
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    size_t cap = 1 << 16, len = 0;
+    char *out = calloc(cap, 1);
+
+    ck_assert_int_eq(sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    ck_assert_msg(sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK, "%s: %s", sql,
+                  sqlite3_errmsg(db));
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        for (int c = 0; c < sqlite3_column_count(st); c++) {
+            const char *t = (const char *)sqlite3_column_text(st, c);
+            size_t n = strlen(t ? t : "") + 2;
+            if (len + n >= cap) {
+                cap = 2 * (len + n);
+                out = realloc(out, cap);
+            }
+            len += (size_t)sprintf(out + len, "%s|", t ? t : "");
+        }
+        out[len++] = '\n';
+        out[len] = '\0';
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return out;
+}
+
+static double summary(const char *db, const char *kernel, const char *column)
+{
+    char sql[512];
+    snprintf(sql, sizeof sql, "SELECT %s FROM kernel_summary WHERE kernel = '%s'", column, kernel);
+    return query_number(db, sql);
+}
+
+START_TEST(dense_f32_is_exact_and_quanto_orders)
+{
+    const char *kernels[] = {"dense:dtype=f32", "quanto:bits=4", "quanto:bits=2"};
+    char db[4300];
+
+    snprintf(db, sizeof db, "%s/order.db", tmp);
+    ck_assert_msg(replay(db, kernels, 3, 2, 0, 0, 0) == KVS_OK, "%s", kvs_error_message());
+
+    ck_assert_double_eq(summary(db, "dense:dtype=f32", "logit_rmse"), 0);
+    ck_assert_double_eq(summary(db, "dense:dtype=f32", "output_rel_error"), 0);
+    ck_assert_double_eq(summary(db, "dense:dtype=f32", "top1_agreement"), 1);
+
+    double q4 = summary(db, "quanto:bits=4", "output_rel_error");
+    double q2 = summary(db, "quanto:bits=2", "output_rel_error");
+    ck_assert_double_gt(q4, 0);
+    ck_assert_double_lt(q4, q2);
+    ck_assert_double_gt(summary(db, "quanto:bits=4", "logit_rmse"), 0);
+    ck_assert_double_lt(summary(db, "quanto:bits=4", "logit_rmse"),
+                        summary(db, "quanto:bits=2", "logit_rmse"));
+
+    /* stories260K: 5 layers x 4 KV heads x 4 bytes x 8 dims x K and V. */
+    ck_assert_double_eq(summary(db, "dense:dtype=f32", "bytes_per_token"), 5 * 4 * 2 * 8 * 4);
+}
+END_TEST
+
+START_TEST(threads_shards_and_resume_agree)
+{
+    const char *kernels[] = {"quanto:bits=4", "dense:dtype=bf16"};
+    const char *sql = "SELECT kernel, logit_rmse, output_rel_error, top1_agreement "
+                      "FROM kernel_summary ORDER BY kernel";
+    char one[4300], two[4300], shards[4300];
+
+    snprintf(one, sizeof one, "%s/one.db", tmp);
+    snprintf(two, sizeof two, "%s/two.db", tmp);
+    snprintf(shards, sizeof shards, "%s/shards.db", tmp);
+    ck_assert_int_eq(replay(one, kernels, 2, 1, 0, 0, 0), KVS_OK);
+    ck_assert_int_eq(replay(two, kernels, 2, 2, 0, 0, 0), KVS_OK);
+
+    /* Two shards written into one database with --resume cover every
+    ** unit once; a third resumed run adds nothing. */
+    ck_assert_int_eq(replay(shards, kernels, 2, 2, 1, 2, 1), KVS_OK);
+    ck_assert_int_eq(replay(shards, kernels, 2, 2, 2, 2, 1), KVS_OK);
+    ck_assert_int_eq(replay(shards, kernels, 2, 2, 0, 0, 1), KVS_OK);
+
+    char *a = query_text(one, sql), *b = query_text(two, sql), *c = query_text(shards, sql);
+    ck_assert_int_gt((int)strlen(a), 10);
+    ck_assert_str_eq(a, b);
+    ck_assert_str_eq(a, c);
+    free(a);
+    free(b);
+    free(c);
+}
+END_TEST
+
+START_TEST(bad_inputs_are_rejected_before_work)
+{
+    const char *unknown[] = {"no-such-kernel"};
+    const char *good[] = {"dense:dtype=f32"};
+    const char *traces[1] = {"/nonexistent/trace.kvt"};
+    char db[4300];
+
+    snprintf(db, sizeof db, "%s/bad.db", tmp);
+    ck_assert_int_eq(replay(db, unknown, 1, 1, 0, 0, 0), KVS_ERR_KERNEL_SPEC);
+    ck_assert_ptr_nonnull(strstr(kvs_error_message(), "no-such-kernel"));
+
+    kvs_replay_opts_t o = {.db_path = db, .traces = traces, .n_traces = 1, .kernels = good,
+                           .n_kernels = 1, .quiet = 1};
+    ck_assert_int_ne(kvs_replay_run(&o), KVS_OK);
+    ck_assert_ptr_nonnull(strstr(kvs_error_message(), "/nonexistent/trace.kvt"));
+
+    /* An evaluation mode with no positions says so instead of storing
+    ** empty rows. */
+    kvs_eval_e e;
+    uint32_t n;
+    ck_assert_int_eq(kvs_eval_parse("last:0", &e, &n), KVS_ERR_USAGE);
+    ck_assert_int_eq(kvs_eval_parse("stride:7", &e, &n), KVS_OK);
+    ck_assert_int_eq(e, KVS_EVAL_STRIDE);
+    ck_assert_uint_eq(n, 7);
+    ck_assert_int_eq(kvs_eval_parse("first:3", &e, &n), KVS_ERR_USAGE);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("replay");
+    TCase *tc = tcase_create("stories260K");
+
+    model_dir = kvs_test_require_shared("models/stories260K");
+    make_trace();
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, dense_f32_is_exact_and_quanto_orders);
+    tcase_add_test(tc, threads_shards_and_resume_agree);
+    tcase_add_test(tc, bad_inputs_are_rejected_before_work);
+    suite_add_tcase(s, tc);
+    return kvs_test_run(s);
+}
