@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
+scripts/install-deps.sh
 fuzz_seconds=${KVS_FUZZ_SECONDS:-20}
 
 echo "== release build =="

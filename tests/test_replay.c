@@ -195,7 +195,7 @@ int main(void)
     Suite *s = suite_create("replay");
     TCase *tc = tcase_create("stories260K");
 
-    model_dir = kvs_test_require_shared("models/stories260K");
+    model_dir = strdup(kvs_test_require_shared("models/stories260K"));
     make_trace();
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, dense_f32_is_exact_and_quanto_orders);
