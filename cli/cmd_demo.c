@@ -37,15 +37,56 @@ static const char usage[] =
     "  --new-tokens N   generated positions (default 128)\n"
     "  --threads N      replay threads (default: all cores)\n";
 
-/* Kernels the demo replays: the reference, the dense formats and the
-** quantized caches users compare against Hugging Face's. */
-static const char *const demo_kernels[] = {
-    "dense:dtype=f32",
-    "dense:dtype=f16",
-    "dense:dtype=bf16",
-    "quanto:bits=4",
-    "quanto:bits=2",
+/* Kernels the demo replays: the reference and dense formats, the quantized
+** caches users compare against Hugging Face's (storage-only, as HF runs
+** them, and on codes), compressed-key codecs, a value-path approximation and
+** eviction policies. group_channels is the channel group size a spec
+** assumes; on models with a smaller head_dim the demo sets group=head_dim,
+** since a group cannot span more channels than a head has. */
+typedef struct demo_kernel {
+    const char *spec;
+    uint32_t group_channels;  /* 0: no channel group */
+} demo_kernel_t;
+
+static const demo_kernel_t demo_kernels[] = {
+    {"dense:dtype=f32", 0},
+    {"dense:dtype=bf16", 0},
+    {"dense:dtype=fp8-e4m3", 0},
+    {"quanto:bits=4", 64},
+    {"quanto:bits=2", 64},
+    {"quanto:bits=4,exec=compressed", 64},
+    {"hqq:bits=4", 64},
+    {"hqq:bits=4,optimize=1", 64},
+    {"kivi:bits=2", 32},
+    {"kivi:bits=4", 32},
+    {"turboquant:bits=3", 0},
+    {"turboquant-prod:bits=3/dense:dtype=bf16", 0},
+    {"qjl:bits=2/dense:dtype=bf16", 0},
+    {"turboquant-prod:bits=3/window:inner=turboquant-mse,bits=2", 0},
+    {"streamingllm:budget=25%", 0},
+    {"h2o:budget=25%", 0},
+    {"snapkv:budget=25%/quanto:bits=4", 64},
+    {"quest:budget=25%", 0},
 };
+#define N_DEMO_KERNELS (sizeof demo_kernels / sizeof demo_kernels[0])
+
+/* Writes the demo's specs for a model with the given head_dim into specs,
+** which holds N_DEMO_KERNELS malloc'd strings afterwards. */
+static kvs_status_e demo_specs(uint32_t head_dim, char **specs)
+{
+    for (size_t i = 0; i < N_DEMO_KERNELS; i++) {
+        const demo_kernel_t *k = &demo_kernels[i];
+        size_t n = strlen(k->spec) + 32;
+
+        specs[i] = malloc(n);
+        KVS_RETURN_IF(!specs[i], KVS_ERR_NOMEM, "out of memory");
+        if (k->group_channels && head_dim < k->group_channels)
+            snprintf(specs[i], n, "%s,group=%u", k->spec, head_dim);
+        else
+            snprintf(specs[i], n, "%s", k->spec);
+    }
+    return KVS_OK;
+}
 
 typedef struct demo_opts {
     const char *model;
@@ -129,7 +170,7 @@ static kvs_status_e resolve_model(const demo_opts_t *o, char **model_dir, int *s
 
 /* Reads the few config fields the demo needs to size the prompt. */
 static kvs_status_e read_config(const char *model_dir, uint32_t *vocab, uint32_t *context,
-                                int32_t *bos, uint32_t *hidden)
+                                int32_t *bos, uint32_t *hidden, uint32_t *head_dim)
 {
     char path[4096];
     json_error_t jerr;
@@ -142,10 +183,15 @@ static kvs_status_e read_config(const char *model_dir, uint32_t *vocab, uint32_t
     json_t *c = json_object_get(cfg, "max_position_embeddings");
     json_t *b = json_object_get(cfg, "bos_token_id");
     json_t *h = json_object_get(cfg, "hidden_size");
+    json_t *hd = json_object_get(cfg, "head_dim");
+    json_t *nh = json_object_get(cfg, "num_attention_heads");
     *vocab = json_is_integer(v) ? (uint32_t)json_integer_value(v) : 0;
     *context = json_is_integer(c) ? (uint32_t)json_integer_value(c) : 2048;
     *bos = json_is_integer(b) ? (int32_t)json_integer_value(b) : -1;
     *hidden = json_is_integer(h) ? (uint32_t)json_integer_value(h) : 0;
+    *head_dim = json_is_integer(hd) ? (uint32_t)json_integer_value(hd) : 0;
+    if (*head_dim == 0 && json_is_integer(nh) && json_integer_value(nh) > 0)
+        *head_dim = *hidden / (uint32_t)json_integer_value(nh);
     json_decref(cfg);
     KVS_RETURN_IF(*vocab == 0, KVS_ERR_CONFIG, "%s: missing vocab_size", path);
     return KVS_OK;
@@ -193,7 +239,8 @@ static kvs_status_e run_demo(const demo_opts_t *o)
     int synthetic = 0;
     int32_t *ids = NULL;
     char trace_path[4096], db_path[4096], report_dir[4096];
-    uint32_t vocab = 0, context = 0, hidden = 0;
+    uint32_t vocab = 0, context = 0, hidden = 0, head_dim = 0;
+    char *specs[N_DEMO_KERNELS] = {0};
     int32_t bos = -1;
     kvs_status_e rc;
     double t0, t1, t2, t3;
@@ -205,7 +252,9 @@ static kvs_status_e run_demo(const demo_opts_t *o)
     KVS_FORWARD(resolve_model(o, &model_dir, &synthetic));
     KVS_RETURN_IF(!model_dir, KVS_ERR_NOMEM, "out of memory");
 
-    rc = read_config(model_dir, &vocab, &context, &bos, &hidden);
+    rc = read_config(model_dir, &vocab, &context, &bos, &hidden, &head_dim);
+    if (rc == KVS_OK)
+        rc = demo_specs(head_dim, specs);
     uint32_t prompt_len = o->prompt_len, new_tokens = o->new_tokens;
     if (rc == KVS_OK && prompt_len == 0)
         prompt_len = hidden >= 512 ? 2048 : context / 4;
@@ -235,8 +284,8 @@ static kvs_status_e run_demo(const demo_opts_t *o)
     if (rc == KVS_OK) {
         const char *traces[1] = {trace_path};
         kvs_replay_opts_t ropts = {
-            .db_path = db_path, .traces = traces, .n_traces = 1, .kernels = demo_kernels,
-            .n_kernels = sizeof demo_kernels / sizeof demo_kernels[0], .eval = KVS_EVAL_DECODE,
+            .db_path = db_path, .traces = traces, .n_traces = 1, .kernels = (const char *const *)specs,
+            .n_kernels = N_DEMO_KERNELS, .eval = KVS_EVAL_DECODE,
             .threads = o->threads, .quiet = o->quiet,
         };
         remove_db(db_path);
@@ -254,10 +303,11 @@ static kvs_status_e run_demo(const demo_opts_t *o)
     if (rc == KVS_OK) {
         printf("model:   %s%s\n", model_dir, synthetic ? " (SYNTHETIC: random weights)" : "");
         printf("trace:   %s (capture %.1f s)\n", trace_path, t1 - t0);
-        printf("results: %s (replay of %zu kernels %.1f s)\n", db_path,
-               sizeof demo_kernels / sizeof demo_kernels[0], t2 - t1);
+        printf("results: %s (replay of %zu kernels %.1f s)\n", db_path, N_DEMO_KERNELS, t2 - t1);
         printf("report:  %s/index.html (%.1f s)\n", report_dir, t3 - t2);
     }
+    for (size_t i = 0; i < N_DEMO_KERNELS; i++)
+        free(specs[i]);
     free(ids);
     free(model_dir);
     return rc;

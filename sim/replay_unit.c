@@ -5,10 +5,15 @@
 ** in order, the end-of-prompt hook after the last prompt position, and an
 ** attention call for the query group at each evaluated position, after
 ** that position's own k and v were appended (a decoder attends to itself).
+**
+** The reference is exact attention in F32, the precision the model ran in,
+** computed by the dense F32 kernel on the same stream. Sharing its
+** arithmetic makes "dense:dtype=f32" score exactly zero error, which checks
+** the replayer's plumbing (heads, positions, query groups); test_replay
+** checks the reference itself against a double-precision computation.
 */
 #include "replay_unit.h"
 
-#include "../analysis/attention.h"
 #include "../analysis/metrics.h"
 
 #include <math.h>
@@ -61,7 +66,7 @@ typedef struct unit_data {
     float *q, *k, *k_pre, *v;
     float *qg, *kh, *kph, *vh;     /* this KV head's slices, contiguous */
     float *logits, *weights, *out; /* kernel output, (group, n) and (group, d) */
-    float *ex_logits, *ex_weights, *ex_out;
+    float *ex_logits, *ex_weights, *ex_out;  /* reference, same shapes */
 } unit_data_t;
 
 static void unit_data_free(unit_data_t *u)
@@ -93,9 +98,9 @@ static kvs_status_e load_unit(const kvs_replay_trace_t *rt, uint32_t layer, uint
     u->logits = malloc((size_t)group * n * sizeof(float));
     u->weights = malloc((size_t)group * n * sizeof(float));
     u->out = malloc((size_t)group * d * sizeof(float));
-    u->ex_logits = malloc((size_t)n * sizeof(float));
-    u->ex_weights = malloc((size_t)n * sizeof(float));
-    u->ex_out = malloc((size_t)d * sizeof(float));
+    u->ex_logits = malloc((size_t)group * n * sizeof(float));
+    u->ex_weights = malloc((size_t)group * n * sizeof(float));
+    u->ex_out = malloc((size_t)group * d * sizeof(float));
     if (!u->q || !u->k || !u->k_pre || !u->v || !u->qg || !u->kh || !u->kph || !u->vh ||
         !u->logits || !u->weights || !u->out || !u->ex_logits || !u->ex_weights || !u->ex_out)
         return kvs_fail(KVS_ERR_NOMEM, "out of memory replaying layer %u of %s (%u positions)", layer,
@@ -128,36 +133,42 @@ static kvs_status_e check_output(const float *x, size_t n, const char *what, uin
 }
 
 static kvs_status_e run_stream(const kvs_replay_trace_t *rt, const kvs_kernel_spec_t *spec,
-                               kvs_kernel_t *kernel, const uint8_t *eval_mask, unit_data_t *u,
-                               kvs_metrics_acc_t **acc, kvs_unit_result_t *res)
+                               kvs_kernel_t *kernel, kvs_kernel_t *reference,
+                               const uint8_t *eval_mask, unit_data_t *u, kvs_metrics_acc_t **acc,
+                               kvs_unit_result_t *res)
 {
     uint32_t n = rt->n_tokens, d = rt->shape.head_dim;
     uint32_t group = rt->shape.n_heads / rt->shape.n_kv_heads;
 
     for (uint32_t t = 0; t < n; t++) {
-        KVS_FORWARD(kvs_kernel_append(kernel, u->kh + (size_t)t * d, u->kph + (size_t)t * d,
-                                      u->vh + (size_t)t * d));
+        const float *k = u->kh + (size_t)t * d, *kp = u->kph + (size_t)t * d;
+        const float *v = u->vh + (size_t)t * d;
+
+        KVS_FORWARD(kvs_kernel_append(kernel, k, kp, v));
+        KVS_FORWARD(kvs_kernel_append(reference, k, kp, v));
         if (t + 1 == rt->n_prompt)
             KVS_FORWARD(kvs_kernel_end_prefill(kernel, u->qg, rt->n_prompt));
         if (!eval_mask[t])
             continue;
 
+        /* Both write (group, len) rows with stride len. */
         uint32_t len = t + 1;
+        const float *q = u->qg + (size_t)t * group * d;
         kvs_attend_out_t out = {u->logits, u->weights, u->out};
-        /* Kernels lay out (group, len) with row stride len. */
+        kvs_attend_out_t exact = {u->ex_logits, u->ex_weights, u->ex_out};
         double start = now_seconds();
-        KVS_FORWARD(kvs_kernel_attend(kernel, u->qg + (size_t)t * group * d, &out));
+        KVS_FORWARD(kvs_kernel_attend(kernel, q, &out));
         res->attend_seconds += now_seconds() - start;
         res->attend_calls++;
+        KVS_FORWARD(kvs_kernel_attend(reference, q, &exact));
         KVS_FORWARD(check_output(u->weights, (size_t)group * len, "attention weight", t, spec));
         KVS_FORWARD(check_output(u->out, (size_t)group * d, "output", t, spec));
 
         for (uint32_t g = 0; g < group; g++) {
-            const float *q = u->qg + ((size_t)t * group + g) * d;
-            kvs_exact_attention(q, u->kh, u->vh, len, d, d, u->ex_logits, u->ex_weights, u->ex_out);
-            kvs_metrics_add_step(acc[g], t, len, u->ex_logits, u->ex_weights,
-                                 u->logits + (size_t)g * len, u->weights + (size_t)g * len,
-                                 u->ex_out, u->out + (size_t)g * d, d);
+            size_t row = (size_t)g * len;
+            kvs_metrics_add_step(acc[g], t, len, u->ex_logits + row, u->ex_weights + row,
+                                 u->logits + row, u->weights + row, u->ex_out + (size_t)g * d,
+                                 u->out + (size_t)g * d, d);
         }
     }
     return KVS_OK;
@@ -203,7 +214,8 @@ kvs_status_e kvs_replay_unit(const kvs_replay_trace_t *rt, const kvs_kernel_spec
     };
     unit_data_t u = {0};
     kvs_metrics_acc_t *acc[64] = {0};
-    kvs_kernel_t *kernel = NULL;
+    kvs_kernel_spec_t *reference_spec = NULL;
+    kvs_kernel_t *kernel = NULL, *reference = NULL;
     kvs_status_e rc;
 
     memset(res, 0, sizeof *res);
@@ -220,7 +232,11 @@ kvs_status_e kvs_replay_unit(const kvs_replay_trace_t *rt, const kvs_kernel_spec
     if (rc == KVS_OK)
         rc = kvs_kernel_create(spec, &dims, &kernel);
     if (rc == KVS_OK)
-        rc = run_stream(rt, spec, kernel, eval_mask, &u, acc, res);
+        rc = kvs_kernel_spec_parse(KVS_REFERENCE_SPEC, &reference_spec);
+    if (rc == KVS_OK)
+        rc = kvs_kernel_create(reference_spec, &dims, &reference);
+    if (rc == KVS_OK)
+        rc = run_stream(rt, spec, kernel, reference, eval_mask, &u, acc, res);
     if (rc == KVS_OK)
         rc = collect(acc, group, kv_head * group, res);
     if (rc != KVS_OK)
@@ -228,6 +244,8 @@ kvs_status_e kvs_replay_unit(const kvs_replay_trace_t *rt, const kvs_kernel_spec
                          layer, kv_head);
 
     kvs_kernel_destroy(kernel);
+    kvs_kernel_destroy(reference);
+    kvs_kernel_spec_free(reference_spec);
     for (uint32_t g = 0; g < group; g++)
         kvs_metrics_acc_destroy(acc[g]);
     unit_data_free(&u);

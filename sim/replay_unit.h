@@ -12,6 +12,9 @@
 
 #include <stdint.h>
 
+/* The kernel whose attention is the reference: exact F32 attention. */
+#define KVS_REFERENCE_SPEC "dense:dtype=f32"
+
 /* What the replayer knows about one trace. */
 typedef struct kvs_replay_trace {
     const char *path;

@@ -5,8 +5,12 @@
 */
 #include "testutil.h"
 
+#include "analysis/attention.h"
 #include "capture/capture.h"
+#include "kernels/kernel.h"
 #include "sim/replay.h"
+#include "sim/replay_unit.h"
+#include "trace/trace.h"
 
 #include <math.h>
 #include <sqlite3.h>
@@ -110,7 +114,7 @@ static double summary(const char *db, const char *kernel, const char *column)
 
 START_TEST(dense_f32_is_exact_and_quanto_orders)
 {
-    const char *kernels[] = {"dense:dtype=f32", "quanto:bits=4", "quanto:bits=2"};
+    const char *kernels[] = {"dense:dtype=f32", "quanto:bits=4,group=8", "quanto:bits=2,group=8"};
     char db[4300];
 
     snprintf(db, sizeof db, "%s/order.db", tmp);
@@ -120,13 +124,13 @@ START_TEST(dense_f32_is_exact_and_quanto_orders)
     ck_assert_double_eq(summary(db, "dense:dtype=f32", "output_rel_error"), 0);
     ck_assert_double_eq(summary(db, "dense:dtype=f32", "top1_agreement"), 1);
 
-    double q4 = summary(db, "quanto:bits=4", "output_rel_error");
-    double q2 = summary(db, "quanto:bits=2", "output_rel_error");
+    double q4 = summary(db, "quanto:bits=4,group=8", "output_rel_error");
+    double q2 = summary(db, "quanto:bits=2,group=8", "output_rel_error");
     ck_assert_double_gt(q4, 0);
     ck_assert_double_lt(q4, q2);
-    ck_assert_double_gt(summary(db, "quanto:bits=4", "logit_rmse"), 0);
-    ck_assert_double_lt(summary(db, "quanto:bits=4", "logit_rmse"),
-                        summary(db, "quanto:bits=2", "logit_rmse"));
+    ck_assert_double_gt(summary(db, "quanto:bits=4,group=8", "logit_rmse"), 0);
+    ck_assert_double_lt(summary(db, "quanto:bits=4,group=8", "logit_rmse"),
+                        summary(db, "quanto:bits=2,group=8", "logit_rmse"));
 
     /* stories260K: 5 layers x 4 KV heads x 4 bytes x 8 dims x K and V. */
     ck_assert_double_eq(summary(db, "dense:dtype=f32", "bytes_per_token"), 5 * 4 * 2 * 8 * 4);
@@ -135,7 +139,7 @@ END_TEST
 
 START_TEST(threads_shards_and_resume_agree)
 {
-    const char *kernels[] = {"quanto:bits=4", "dense:dtype=bf16"};
+    const char *kernels[] = {"quanto:bits=4,group=8", "dense:dtype=bf16"};
     const char *sql = "SELECT kernel, logit_rmse, output_rel_error, top1_agreement "
                       "FROM kernel_summary ORDER BY kernel";
     char one[4300], two[4300], shards[4300];
@@ -159,6 +163,87 @@ START_TEST(threads_shards_and_resume_agree)
     free(a);
     free(b);
     free(c);
+}
+END_TEST
+
+/* The replayer's reference (the dense F32 kernel) agrees with attention
+** computed independently in double precision on the real trace, for every
+** layer, KV head and query head at the last position. */
+START_TEST(reference_matches_double_precision)
+{
+    kvs_trace_t *t;
+    kvs_kernel_spec_t *spec;
+
+    ck_assert_int_eq(kvs_trace_open(trace_path, &t), KVS_OK);
+    ck_assert_int_eq(kvs_kernel_spec_parse(KVS_REFERENCE_SPEC, &spec), KVS_OK);
+    const kvs_trace_shape_t *s = kvs_trace_get_shape(t);
+    uint32_t n = kvs_trace_n_tokens(t), d = s->head_dim, group = s->n_heads / s->n_kv_heads;
+    uint32_t kv_w = s->n_kv_heads * d, q_w = s->n_heads * d;
+    float *q = malloc((size_t)n * q_w * 4), *k = malloc((size_t)n * kv_w * 4);
+    float *kp = malloc((size_t)n * kv_w * 4), *v = malloc((size_t)n * kv_w * 4);
+    float *kh = malloc((size_t)n * d * 4), *vh = malloc((size_t)n * d * 4);
+    float *logits = malloc((size_t)group * n * 4), *weights = malloc((size_t)group * n * 4);
+    float *out = malloc((size_t)group * d * 4);
+    float *ex_l = malloc((size_t)n * 4), *ex_w = malloc((size_t)n * 4), ex_o[64];
+    double worst = 0;
+
+    for (uint32_t layer = 0; layer < s->n_layers; layer++) {
+        ck_assert_int_eq(kvs_trace_read(t, KVS_KIND_Q, layer, 0, n, q), KVS_OK);
+        ck_assert_int_eq(kvs_trace_read(t, KVS_KIND_K, layer, 0, n, k), KVS_OK);
+        ck_assert_int_eq(kvs_trace_read(t, KVS_KIND_K_PRE, layer, 0, n, kp), KVS_OK);
+        ck_assert_int_eq(kvs_trace_read(t, KVS_KIND_V, layer, 0, n, v), KVS_OK);
+        for (uint32_t h = 0; h < s->n_kv_heads; h++) {
+            kvs_kernel_dims_t dims = {.head_dim = d, .group_size = group, .n_layers = s->n_layers,
+                                      .n_kv_heads = s->n_kv_heads, .layer = layer, .kv_head = h};
+            kvs_kernel_t *kern;
+            ck_assert_int_eq(kvs_kernel_create(spec, &dims, &kern), KVS_OK);
+            for (uint32_t p = 0; p < n; p++) {
+                const float *kr = k + (size_t)p * kv_w + h * d, *vr = v + (size_t)p * kv_w + h * d;
+                ck_assert_int_eq(kvs_kernel_append(kern, kr, kp + (size_t)p * kv_w + h * d, vr), KVS_OK);
+                memcpy(kh + (size_t)p * d, kr, d * 4);
+                memcpy(vh + (size_t)p * d, vr, d * 4);
+            }
+            kvs_attend_out_t res = {logits, weights, out};
+            const float *qg = q + (size_t)(n - 1) * q_w + (size_t)h * group * d;
+            ck_assert_int_eq(kvs_kernel_attend(kern, qg, &res), KVS_OK);
+            for (uint32_t g = 0; g < group; g++) {
+                double diff = 0, norm = 0;
+                kvs_exact_attention(qg + (size_t)g * d, kh, vh, n, d, d, ex_l, ex_w, ex_o);
+                for (uint32_t j = 0; j < d; j++) {
+                    diff += pow(out[(size_t)g * d + j] - ex_o[j], 2);
+                    norm += pow(ex_o[j], 2);
+                }
+                for (uint32_t p = 0; p < n; p++)
+                    ck_assert_double_eq_tol(logits[(size_t)g * n + p], ex_l[p], 1e-5 * (1 + fabs(ex_l[p])));
+                if (sqrt(diff / norm) > worst)
+                    worst = sqrt(diff / norm);
+            }
+            kvs_kernel_destroy(kern);
+        }
+    }
+    ck_assert_double_lt(worst, 1e-5);
+    free(q); free(k); free(kp); free(v); free(kh); free(vh);
+    free(logits); free(weights); free(out); free(ex_l); free(ex_w);
+    kvs_kernel_spec_free(spec);
+    kvs_trace_close(t);
+}
+END_TEST
+
+/* Evaluation plans select the positions their names say. */
+START_TEST(eval_positions_follow_mode)
+{
+    uint8_t mask[10];
+    kvs_eval_plan_t decode = {KVS_EVAL_DECODE, 0, 0}, last = {KVS_EVAL_LAST, 3, 0};
+    kvs_eval_plan_t stride = {KVS_EVAL_STRIDE, 4, 0}, capped = {KVS_EVAL_ALL, 0, 2};
+
+    ck_assert_uint_eq(kvs_eval_positions(&decode, 10, 6, mask), 4);
+    ck_assert(!mask[5] && mask[6] && mask[9]);
+    ck_assert_uint_eq(kvs_eval_positions(&last, 10, 6, mask), 3);
+    ck_assert(!mask[6] && mask[7] && mask[9]);
+    ck_assert_uint_eq(kvs_eval_positions(&stride, 10, 6, mask), 4);   /* 0, 4, 8 and the last, 9 */
+    ck_assert(mask[0] && mask[4] && mask[8] && mask[9] && !mask[1]);
+    ck_assert_uint_eq(kvs_eval_positions(&capped, 10, 6, mask), 2);   /* the last two */
+    ck_assert(mask[8] && mask[9] && !mask[7]);
 }
 END_TEST
 
@@ -200,6 +285,8 @@ int main(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, dense_f32_is_exact_and_quanto_orders);
     tcase_add_test(tc, threads_shards_and_resume_agree);
+    tcase_add_test(tc, reference_matches_double_precision);
+    tcase_add_test(tc, eval_positions_follow_mode);
     tcase_add_test(tc, bad_inputs_are_rejected_before_work);
     suite_add_tcase(s, tc);
     return kvs_test_run(s);
