@@ -9,6 +9,7 @@ const kvs_codec_i *const kvs_codecs_rotation[] = {
     &kvs_codec_turboquant_mse,
     &kvs_codec_turboquant_prod,
     &kvs_codec_qjl,
+    &kvs_codec_polarquant,
     NULL,
 };
 

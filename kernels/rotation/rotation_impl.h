@@ -110,6 +110,11 @@ typedef enum kvs_coord_density_e {
 kvs_status_e kvs_rot_coord_codebook(kvs_coord_density_e density, uint32_t d, unsigned bits,
                                 double *centroids, double *mse);
 
+/* Lloyd-Max codebook of PolarQuant's level-`level` angle for Gaussian
+** coordinates: uniform on [0, 2 pi) at level 1, density proportional to
+** sin^(2^(level-1) - 1)(2 psi) on [0, pi/2] above. */
+kvs_status_e kvs_rot_polar_codebook(uint32_t level, unsigned bits, double *centroids);
+
 /* ---- packed codes ----------------------------------------------------- */
 
 /* Bytes of n codes of `bits` bits packed LSB-first: ceil(n * bits / 8). */
@@ -294,6 +299,7 @@ kvs_tq_t *kvs_rot_split_part(kvs_rot_split_t *sp, int outlier);
 extern const kvs_codec_i kvs_codec_turboquant_mse;
 extern const kvs_codec_i kvs_codec_turboquant_prod;
 extern const kvs_codec_i kvs_codec_qjl;
+extern const kvs_codec_i kvs_codec_polarquant;
 
 /* ---- parameters ------------------------------------------------------- */
 

@@ -5,7 +5,7 @@
 **
 ** Positions [0, sinks) and the last `recent` positions stay F32. A position
 ** leaving the recent window is appended to the inner codec, so the inner
-** codec holds positions [sinks, sinks + n_inner) in order.
+** codec contains positions [sinks, sinks + n_inner) in order.
 */
 #include "value_impl.h"
 
@@ -13,7 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define WINDOW_INNER_CHOICES "turboquant-mse|turboquant-prod|qjl|polarquant|lowrank"
+#define WINDOW_INNER_CHOICES \
+    "turboquant-mse|turboquant-prod|qjl|polarquant|lowrank|affine|hqq|dense"
 
 typedef struct window_codec {
     uint32_t d, sinks, recent;
@@ -33,21 +34,12 @@ static const kvs_param_doc_t window_params[] = {
      "value codec of the middle positions"},
     {"bits", KVS_PARAM_INT, "3", 1, 16, NULL, "bits parameter of the inner codec, if it has one"},
     {"rank", KVS_PARAM_INT, "16", 1, 4096, NULL, "rank parameter of the inner codec, if it has one"},
+    {"group", KVS_PARAM_INT, "0", 0, 4096, NULL,
+     "group parameter of the inner codec, if it has one; 0 keeps its default"},
     {NULL, 0, NULL, 0, 0, NULL, NULL},
 };
 
-static const kvs_codec_i *find_inner(const char *name)
-{
-    for (int i = 0; kvs_codecs_rotation[i]; i++)
-        if (strcmp(kvs_codecs_rotation[i]->name, name) == 0)
-            return kvs_codecs_rotation[i];
-    for (int i = 0; kvs_codecs_value[i]; i++)
-        if (strcmp(kvs_codecs_value[i]->name, name) == 0)
-            return kvs_codecs_value[i];
-    return NULL;
-}
-
-/* The inner codec and its parameters: defaults, then bits and rank. */
+/* The inner codec and its parameters: defaults, then bits, rank and group. */
 static kvs_status_e inner_params(const kvs_params_t *p, const kvs_codec_i **inner,
                                  kvs_params_t *ip)
 {
@@ -64,11 +56,13 @@ static kvs_status_e inner_params(const kvs_params_t *p, const kvs_codec_i **inne
                   WINDOW_INNER_CHOICES);
     memcpy(name, c, len);
     name[len] = '\0';
-    *inner = find_inner(name);
+    *inner = kvs_codec_find(name);
     KVS_RETURN_IF(!*inner, KVS_ERR_KERNEL_SPEC, "window: inner codec '%s' is not built in", name);
     KVS_FORWARD(kvs_rot_params_defaults((*inner)->params, ip));
     kvs_rot_param_set(ip, "bits", kvs_rot_param(p, "bits"));
     kvs_rot_param_set(ip, "rank", kvs_rot_param(p, "rank"));
+    if (kvs_rot_param(p, "group") > 0)
+        kvs_rot_param_set(ip, "group", kvs_rot_param(p, "group"));
     return KVS_OK;
 }
 
@@ -89,8 +83,15 @@ static kvs_status_e window_check(const kvs_params_t *p, const kvs_kernel_dims_t 
                           "window: %s=%g is outside %g..%g for inner codec '%s'", doc->name,
                           ip.number[i], doc->min, doc->max, inner->name);
     }
-    if (inner->check)
-        KVS_FORWARD(inner->check(&ip, dims));
+    if (inner->check) {
+        kvs_status_e rc = inner->check(&ip, dims);
+
+        if (rc != KVS_OK) {
+            kvs_error_prefix("window: inner codec '%s' (set bits, rank or group on window)",
+                             inner->name);
+            return rc;
+        }
+    }
     return KVS_OK;
 }
 
@@ -176,7 +177,7 @@ static kvs_status_e window_end_prefill(void *state)
 
     /* NOTE: a prompt no longer than sinks + recent gives the inner codec no
     ** prompt positions; a prompt-fitted inner codec (lowrank) then fits on
-    ** whatever it holds at its first step. */
+    ** the positions it has at its first step. */
     if (c->inner->end_prefill && c->n_inner > 0)
         return c->inner->end_prefill(c->inner_state);
     return KVS_OK;
@@ -277,6 +278,19 @@ static void window_cost(const kvs_params_t *p, const kvs_kernel_dims_t *dims, un
                  2.0 * (double)exact * dims->head_dim * (dims->group_size ? dims->group_size : 1);
 }
 
+/* The window runs on codes exactly when its inner codec does. */
+static int window_is_compressed(const kvs_params_t *p)
+{
+    const kvs_codec_i *inner;
+    kvs_params_t ip;
+
+    if (inner_params(p, &inner, &ip) != KVS_OK)
+        return 0;
+    if (inner->is_compressed)
+        return inner->is_compressed(&ip);
+    return (inner->roles & KVS_CODEC_COMPRESSED_EXEC) != 0;
+}
+
 const kvs_codec_i kvs_codec_window = {
     .name = "window",
     .family = "value",
@@ -291,6 +305,6 @@ const kvs_codec_i kvs_codec_window = {
     .output = window_output,
     .stored_bytes = window_stored_bytes,
     .cost = window_cost,
-    .is_compressed = NULL,
+    .is_compressed = window_is_compressed,
     .destroy = window_destroy,
 };
