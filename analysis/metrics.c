@@ -161,23 +161,26 @@ void kvs_metrics_add_step(kvs_metrics_acc_t *acc, uint32_t pos, uint32_t n, cons
 
     double logit_rmse = add_logit_errors(acc, n, exact_logits, approx_logits);
 
-    /* Attention distribution. KL uses p renormalised to the attended set,
-    ** so a policy that evicts tokens is charged in mass_kept, not with an
-    ** infinite divergence. */
-    double mass = 0, tv = 0;
+    /* Attention distribution. KL compares p and p^ both renormalised to
+    ** the attended set, so a policy that evicts tokens is charged in
+    ** mass_kept, not with an infinite divergence, and a kernel that returns
+    ** the exact weights scores exactly zero. */
+    double mass = 0, approx_mass = 0, tv = 0;
     for (uint32_t t = 0; t < n; t++) {
-        if (isfinite(approx_logits[t]))
+        if (isfinite(approx_logits[t])) {
             mass += exact_weights[t];
+            approx_mass += approx_weights[t];
+        }
         tv += fabs((double)exact_weights[t] - approx_weights[t]);
     }
     double kl = 0;
-    if (mass > 0) {
+    if (mass > 0 && approx_mass > 0) {
         for (uint32_t t = 0; t < n; t++) {
             if (!isfinite(approx_logits[t]) || exact_weights[t] <= 0)
                 continue;
             double p = exact_weights[t] / mass;
-            double q = approx_weights[t] > 1e-30f ? approx_weights[t] : 1e-30;
-            kl += p * log(p / q);
+            double q = approx_weights[t] / approx_mass;
+            kl += p * log(p / (q > 1e-30 ? q : 1e-30));
         }
     }
     acc->kl_sum += kl > 0 ? kl : 0;

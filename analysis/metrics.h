@@ -21,7 +21,7 @@ typedef struct kvs_metrics {
     double logit_max;        /* max |l^ - l| over all steps */
     double logit_rel_rmse;   /* per-step RMSE / std of exact logits, mean */
     double kl;               /* KL(p || p^) over attended positions, nats,
-                                with p renormalised to those positions */
+                                both renormalised to those positions */
     double tv;               /* total variation 0.5 * sum |p - p^| */
     double mass_kept;        /* exact attention mass on attended positions */
     double top1;             /* fraction of steps whose argmax agrees */

@@ -123,6 +123,7 @@ START_TEST(dense_f32_is_exact_and_quanto_orders)
     ck_assert_double_eq(summary(db, "dense:dtype=f32", "logit_rmse"), 0);
     ck_assert_double_eq(summary(db, "dense:dtype=f32", "output_rel_error"), 0);
     ck_assert_double_eq(summary(db, "dense:dtype=f32", "top1_agreement"), 1);
+    ck_assert_double_eq(summary(db, "dense:dtype=f32", "kl"), 0);
 
     double q4 = summary(db, "quanto:bits=4,group=8", "output_rel_error");
     double q2 = summary(db, "quanto:bits=2,group=8", "output_rel_error");
