@@ -23,7 +23,9 @@ static void print_help(FILE *out)
             "                     selects the kernels that get a layer x head heatmap\n"
             "  --devices FILE     device profiles for the roofline estimates (format of\n"
             "                     docs/devices.tsv); default: the built-in profiles\n"
-            "  -h, --help         this help\n");
+            "  -h, --help         this help\n\n"
+            "Environment: KVSIM_GNUPLOT names the gnuplot binary (default: gnuplot on PATH).\n"
+            "Traces from a synthetic model are flagged in every figure title and document.\n");
 }
 
 int kvs_cmd_report(int argc, char **argv)

@@ -37,6 +37,10 @@ static void free_trace(rpt_trace_t *t)
         free(r->family);
         free(r->eval_mode);
         free(r->status);
+        free(r->code_version);
+        free(r->host);
+        free(r->started_at);
+        free(r->finished_at);
     }
     free(t->runs);
     free(t->hash);
@@ -112,10 +116,12 @@ static kvs_status_e load_runs(rpt_ctx_t *ctx, rpt_trace_t *t)
     int rc;
 
     if (sqlite3_prepare_v2(ctx->conn,
-                           "SELECT run_id, kernel, family, eval_mode, status, compressed_exec, bytes_per_token, "
-                           "stored_bytes, read_bytes_per_step, cost_context, output_rel_error, logit_rmse, kl, "
-                           "top1_agreement, top8_agreement, mean_attend_seconds, n_units "
-                           "FROM kernel_summary WHERE trace_id = ? ORDER BY bytes_per_token DESC, kernel, run_id",
+                           "SELECT k.run_id, k.kernel, k.family, k.eval_mode, k.status, k.compressed_exec, "
+                           "k.bytes_per_token, k.stored_bytes, k.read_bytes_per_step, k.cost_context, "
+                           "k.output_rel_error, k.logit_rmse, k.kl, k.top1_agreement, k.top8_agreement, "
+                           "k.mean_attend_seconds, k.n_units, r.code_version, r.host, r.started_at, r.finished_at, "
+                           "r.threads FROM kernel_summary k JOIN runs r ON r.id = k.run_id WHERE k.trace_id = ? "
+                           "ORDER BY k.bytes_per_token DESC, k.kernel, k.run_id",
                            -1, &st, NULL) != SQLITE_OK)
         return kvs_fail(KVS_ERR_DB, "%s: reading kernel_summary failed: %s", ctx->db_path,
                         sqlite3_errmsg(ctx->conn));
@@ -149,7 +155,13 @@ static kvs_status_e load_runs(rpt_ctx_t *ctx, rpt_trace_t *t)
         r->top8 = double_column(st, 14);
         r->mean_attend_seconds = double_column(st, 15);
         r->n_units = sqlite3_column_int64(st, 16);
-        if (!r->kernel || !r->family || !r->eval_mode || !r->status) {
+        r->code_version = dup_column(st, 17);
+        r->host = dup_column(st, 18);
+        r->started_at = dup_column(st, 19);
+        r->finished_at = dup_column(st, 20);
+        r->threads = sqlite3_column_int64(st, 21);
+        if (!r->kernel || !r->family || !r->eval_mode || !r->status || !r->code_version || !r->host ||
+            !r->started_at || !r->finished_at) {
             sqlite3_finalize(st);
             return kvs_fail(KVS_ERR_NOMEM, "out of memory reading runs");
         }

@@ -30,6 +30,11 @@ typedef struct rpt_run {
     char *family;
     char *eval_mode;
     char *status;
+    char *code_version;     /* provenance, from the runs table */
+    char *host;
+    char *started_at;
+    char *finished_at;      /* "" while running */
+    int64_t threads;
     int compressed_exec;
     int done;               /* status is "done" and metrics exist */
     int on_front;           /* not dominated among the trace's done runs */

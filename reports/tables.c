@@ -251,7 +251,28 @@ static kvs_status_e roofline_table(rpt_ctx_t *ctx, const rpt_trace_t *t, rpt_tab
     return KVS_OK;
 }
 
-#define N_TABLES 3
+static kvs_status_e provenance_table(const rpt_trace_t *t, rpt_table_t *tb)
+{
+    table_init(tb, "Run details",
+               "Provenance of each run as stored in the database. Units: committed (layer, KV head) units of "
+               "the trace's layers x KV heads.",
+               9, "kernel", "run id", "evaluation", "units", "threads", "kvsim version", "host", "started",
+               "finished");
+    tb->n_text_cols = 1;
+    for (uint32_t i = 0; i < t->n_runs; i++) {
+        const rpt_run_t *r = &t->runs[i];
+        char id[32], units[64], threads[32];
+        snprintf(id, sizeof id, "%lld", (long long)r->run_id);
+        snprintf(units, sizeof units, "%lld of %lld", (long long)r->n_units, (long long)(t->n_layers * t->n_kv_heads));
+        snprintf(threads, sizeof threads, "%lld", (long long)r->threads);
+        const char *row[] = {r->label, id, r->eval_mode, units, threads, r->code_version, r->host, r->started_at,
+                             r->finished_at[0] ? r->finished_at : "-"};
+        KVS_FORWARD(table_add(tb, row));
+    }
+    return KVS_OK;
+}
+
+#define N_TABLES 4
 
 static kvs_status_e build_tables(rpt_ctx_t *ctx, const rpt_trace_t *t, rpt_table_t tables[N_TABLES])
 {
@@ -263,6 +284,8 @@ static kvs_status_e build_tables(rpt_ctx_t *ctx, const rpt_trace_t *t, rpt_table
         rc = writeup_table(ctx, t, &tables[1]);
     if (rc == KVS_OK)
         rc = roofline_table(ctx, t, &tables[2]);
+    if (rc == KVS_OK)
+        rc = provenance_table(t, &tables[3]);
     return rc;
 }
 
@@ -442,6 +465,16 @@ kvs_status_e rpt_write_html(rpt_ctx_t *ctx)
     fprintf(fp, ". Click a figure for its SVG; each <code>NAME.gp</code> script beside this file redraws it "
                 "(<code>gnuplot NAME.gp</code> in this folder). Device profiles: <a href=\"devices.tsv\">"
                 "devices.tsv</a>. Summary tables also in <a href=\"report.md\">report.md</a>.</p>\n");
+    fprintf(fp, "<ul>\n");
+    for (uint32_t ti = 0; ti < ctx->n_traces; ti++) {
+        const rpt_trace_t *t = &ctx->traces[ti];
+        if (!t->n_runs)
+            continue;
+        fprintf(fp, "<li><a href=\"#trace-%s\">Trace %s: ", t->short_hash, t->short_hash);
+        html_text(fp, t->model);
+        fprintf(fp, "</a> (%u runs%s)</li>\n", t->n_runs, t->synthetic ? ", synthetic model" : "");
+    }
+    fprintf(fp, "</ul>\n");
 
     for (uint32_t ti = 0; ti < ctx->n_traces && rc == KVS_OK; ti++) {
         const rpt_trace_t *t = &ctx->traces[ti];
