@@ -680,6 +680,38 @@ START_TEST(h2o_matches_reference)
 }
 END_TEST
 
+/* Evaluating the prompt steps counts each prompt query once, whether the
+** last prompt step is attended before end_prefill or after it, as a replay
+** does: the accumulated scores agree. */
+START_TEST(h2o_counts_prompt_queries_once)
+{
+    const uint32_t n_prompt = 40;
+    trace_t tr = make_trace(n_prompt, 8, 2, 23);
+    kvs_params_t p = default_params(find_policy("h2o"));
+    sim_t before, after;
+
+    set_param(&p, "budget", -1.0);
+    sim_init(&before, "h2o", &p, &tr, 0);
+    sim_init(&after, "h2o", &p, &tr, 0);
+    for (uint32_t t = 0; t < n_prompt; t++) {
+        sim_append(&before);
+        sim_attend(&before);
+        sim_append(&after);
+        if (t + 1 < n_prompt)
+            sim_attend(&after);
+    }
+    sim_end_prefill(&before, n_prompt);
+    sim_end_prefill(&after, n_prompt);
+    sim_attend(&after);
+    for (uint32_t t = 0; t < n_prompt; t++)
+        ck_assert_double_eq_tol(kvs_h2o_score(before.state, t), kvs_h2o_score(after.state, t),
+                                1e-6);
+    sim_free(&before);
+    sim_free(&after);
+    free_trace(&tr);
+}
+END_TEST
+
 START_TEST(h2o_heavy_zero_is_sliding_window)
 {
     trace_t tr = make_trace(120, 8, 2, 8);
@@ -1089,6 +1121,7 @@ int main(void)
     tcase_add_test(tc, snapkv_gqa_hand_trace);
     tcase_add_test(tc, snapkv_keeps_decode_positions);
     tcase_add_test(tc, h2o_matches_reference);
+    tcase_add_test(tc, h2o_counts_prompt_queries_once);
     tcase_add_test(tc, h2o_heavy_zero_is_sliding_window);
     tcase_add_test(tc, tova_matches_reference);
     tcase_add_test(tc, heavy_position_survives);

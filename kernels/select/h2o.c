@@ -30,6 +30,9 @@ typedef struct h2o_state {
     double heavy;        /* fraction of the budget for heavy hitters */
     uint32_t resident;
     int prefill_done;
+    uint32_t scored_last_n;  /* n at end_prefill when it scored the last
+                                prompt query, whose attend step may follow;
+                                0 otherwise */
 
     double *score;       /* (n) accumulated attention received */
     uint8_t *observed;   /* (n) 1 when that query position's weights were
@@ -139,6 +142,8 @@ static kvs_status_e h2o_end_prefill(void *state, const float *q_window, uint32_t
     s->keys = NULL;
     s->key_cap = 0;
     s->prefill_done = 1;
+    if (n_q > 0 && !s->observed[n - 1])
+        s->scored_last_n = n;
 
     h2o_evict(s, keep, n);
     return KVS_OK;
@@ -148,6 +153,13 @@ static void h2o_observe(void *state, const float *w, uint32_t group, uint8_t *ke
 {
     h2o_state_t *s = state;
 
+    /* A replay may evaluate the last prompt position after end_prefill;
+    ** that query was already counted there. */
+    if (s->scored_last_n && n == s->scored_last_n) {
+        s->scored_last_n = 0;
+        return;
+    }
+
     for (uint32_t g = 0; g < group; g++) {
         const float *wg = w + (size_t)g * n;
 
@@ -156,6 +168,13 @@ static void h2o_observe(void *state, const float *w, uint32_t group, uint8_t *ke
     }
     if (!s->prefill_done && n > 0)
         s->observed[n - 1] = 1;
+}
+
+double kvs_h2o_score(const void *state, uint32_t pos)
+{
+    const h2o_state_t *s = state;
+
+    return s->score[pos];
 }
 
 static uint64_t h2o_stored_bytes(const void *state)

@@ -62,6 +62,9 @@ uint32_t kvs_select_evict_lowest(const double *score, uint8_t *keep, uint32_t lo
 ** floats) over page `page` of a quest policy state, unscaled by sqrt(d). */
 double kvs_quest_page_bound(const void *state, const float *q, uint32_t page);
 
+/* Attention accumulated by position pos of an h2o policy state. */
+double kvs_h2o_score(const void *state, uint32_t pos);
+
 /* Registry entries, one per policy file. */
 extern const kvs_policy_i kvs_policy_streamingllm;
 extern const kvs_policy_i kvs_policy_h2o;
