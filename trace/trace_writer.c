@@ -393,6 +393,7 @@ kvs_status_e kvs_trace_writer_finish(kvs_trace_writer_t *w, const char *metadata
 {
     kvs_status_e rc;
 
+    KVS_RETURN_IF(!w, KVS_ERR_INVALID, "no trace writer to finish (create failed earlier?)");
     if (!metadata_json)
         metadata_json = "{}";
     if (w->failed) {

@@ -103,6 +103,23 @@ expect_status 1 "$KVSIM" trace verify "$tmp/text.kvt"
 expect_status 0 "$KVSIM" trace --help
 expect_in "$tmp/out" "kvsim trace export FILE -o DIR"
 
+# A trace from 'kvsim capture' on the real stories260K model, when the
+# shared data is present: info must report the counts capture was given.
+model="${KVS_SHARED_DIR:-}/models/stories260K"
+if [ -f "$model/config.json" ]; then
+    expect_status 0 "$KVSIM" capture --model "$model" --prompt-ids 1,403,407 \
+        --max-new-tokens 20 --no-stop-at-eos --dtype bf16 -o "$tmp/captured.kvt"
+    expect_status 0 "$KVSIM" trace info "$tmp/captured.kvt" --json
+    for field in '"n_layers": 5' '"n_heads": 8' '"n_kv_heads": 4' '"head_dim": 8' \
+                 '"n_tokens": 23' '"n_prompt": 3' '"n_generated": 20' '"dtype": "bf16"'; do
+        expect_in "$tmp/out" "$field"
+    done
+    expect_status 0 "$KVSIM" trace verify "$tmp/captured.kvt"
+    expect_in "$tmp/out" "ok: 20 frames, 23 tokens"
+else
+    echo "note: $model not found; the captured-trace checks are skipped" >&2
+fi
+
 rm -rf "$tmp"
 if [ "$failures" -ne 0 ]; then
     echo "$failures check(s) failed" >&2
