@@ -6,6 +6,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -101,24 +102,37 @@ static void weight_to_f32(const kvs_weight_t *w, float *out)
 
 /* ---- decode: matrix-vector products and attention over the pool ---------- */
 
+/* Rows per work item of a decode product: 64 rows of a SmolLM2-135M matrix
+** are 72 KB of BF16, enough to amortize taking the item. */
+#define MV_CHUNK_ROWS 64u
+
 typedef struct mv_batch {
     const kvs_weight_t *w[3];
     const float *x[3];
     float *y[3];
     int n;
+    atomic_uint next;   /* next work item, over the chunks of all n products */
 } mv_batch_t;
 
-static void mv_worker(void *ctx, uint32_t tid, uint32_t nt)
+static void mv_worker(void *ctx, uint32_t tid)
 {
-    const mv_batch_t *b = ctx;
+    mv_batch_t *b = ctx;
+    (void)tid;
 
-    for (int j = 0; j < b->n; j++) {
-        uint32_t rows = b->w[j]->rows;
-        /* Split on multiples of 4 so the four-row kernel runs full blocks. */
-        uint32_t r0 = (uint32_t)((uint64_t)rows * tid / nt) & ~3u;
-        uint32_t r1 = tid + 1 == nt ? rows : (uint32_t)((uint64_t)rows * (tid + 1) / nt) & ~3u;
-        if (r1 > r0)
-            kvs_matvec(b->w[j], r0, r1, b->x[j], b->y[j] + r0);
+    for (;;) {
+        uint32_t item = atomic_fetch_add_explicit(&b->next, 1, memory_order_relaxed);
+        int j = 0;
+        for (; j < b->n; j++) {
+            uint32_t chunks = (b->w[j]->rows + MV_CHUNK_ROWS - 1) / MV_CHUNK_ROWS;
+            if (item < chunks)
+                break;
+            item -= chunks;
+        }
+        if (j == b->n)
+            return;
+        uint32_t r0 = item * MV_CHUNK_ROWS;
+        uint32_t r1 = r0 + MV_CHUNK_ROWS < b->w[j]->rows ? r0 + MV_CHUNK_ROWS : b->w[j]->rows;
+        kvs_matvec(b->w[j], r0, r1, b->x[j], b->y[j] + r0);
     }
 }
 
@@ -133,8 +147,9 @@ static void matvec_parallel(kvs_forward_t *f, mv_batch_t *b)
 
     for (int j = 0; j < b->n; j++)
         elems += (uint64_t)b->w[j]->rows * b->w[j]->cols;
+    atomic_init(&b->next, 0);
     if (elems < PARALLEL_MIN_ELEMS)
-        mv_worker(b, 0, 1);
+        mv_worker(b, 0);
     else
         kvs_pool_run(f->pool, mv_worker, b);
 }
@@ -142,19 +157,23 @@ static void matvec_parallel(kvs_forward_t *f, mv_batch_t *b)
 typedef struct attn_step {
     kvs_forward_t *f;
     uint32_t layer;
-    uint32_t pos;    /* position of the query; keys 0..pos */
+    uint32_t pos;       /* position of the query; keys 0..pos */
+    atomic_uint next;   /* next query head to take */
 } attn_step_t;
 
-static void attn_worker(void *ctx, uint32_t tid, uint32_t nt)
+static void attn_worker(void *ctx, uint32_t tid)
 {
-    const attn_step_t *a = ctx;
+    attn_step_t *a = ctx;
     kvs_forward_t *f = a->f;
     const uint32_t hd = f->c.head_dim, T = a->pos + 1;
     const float *kc = f->k_cache + (size_t)a->layer * f->max_seq * f->kv_dim;
     const float *vc = f->v_cache + (size_t)a->layer * f->max_seq * f->kv_dim;
     float *s = f->scores + (size_t)tid * f->max_seq;
 
-    for (uint32_t h = tid; h < f->c.n_heads; h += nt) {
+    for (;;) {
+        const uint32_t h = atomic_fetch_add_explicit(&a->next, 1, memory_order_relaxed);
+        if (h >= f->c.n_heads)
+            return;
         const uint32_t g = h / f->group;
         const float *qh = f->q + (size_t)h * hd;
         float *out = f->att + (size_t)h * hd;
@@ -230,7 +249,7 @@ static kvs_status_e run_layer(kvs_forward_t *f, uint32_t l, uint32_t n)
                 c->rms_norm_eps);
 
     if (n == 1) {
-        mv_batch_t b = {{&L->wq, &L->wk, &L->wv}, {f->xn, f->xn, f->xn}, {f->q, f->k, f->v}, 3};
+        mv_batch_t b = {{&L->wq, &L->wk, &L->wv}, {f->xn, f->xn, f->xn}, {f->q, f->k, f->v}, 3, 0};
         matvec_parallel(f, &b);
     } else {
         linear_gemm(f, &L->wq, f->xn, n, f->q, f->q_dim, 0.0f);
@@ -253,13 +272,13 @@ static kvs_status_e run_layer(kvs_forward_t *f, uint32_t l, uint32_t n)
     }
 
     if (n == 1) {
-        attn_step_t a = {f, l, p0};
+        attn_step_t a = {f, l, p0, 0};
         if ((uint64_t)(p0 + 1) * f->kv_dim * 2 < PARALLEL_MIN_ELEMS)
-            attn_worker(&a, 0, 1);
+            attn_worker(&a, 0);
         else
             kvs_pool_run(f->pool, attn_worker, &a);
         /* The residual add is done after the product so x is read once. */
-        mv_batch_t b = {{&L->wo}, {f->att}, {f->xn}, 1};
+        mv_batch_t b = {{&L->wo}, {f->att}, {f->xn}, 1, 0};
         matvec_parallel(f, &b);
         for (uint32_t i = 0; i < H; i++)
             f->x[i] += f->xn[i];
@@ -272,7 +291,7 @@ static kvs_status_e run_layer(kvs_forward_t *f, uint32_t l, uint32_t n)
         rmsnorm(f->xn + (size_t)i * H, f->x + (size_t)i * H, f->mlp_norm + (size_t)l * H, H,
                 c->rms_norm_eps);
     if (n == 1) {
-        mv_batch_t b = {{&L->w_gate, &L->w_up}, {f->xn, f->xn}, {f->gate, f->up}, 2};
+        mv_batch_t b = {{&L->w_gate, &L->w_up}, {f->xn, f->xn}, {f->gate, f->up}, 2, 0};
         matvec_parallel(f, &b);
     } else {
         linear_gemm(f, &L->w_gate, f->xn, n, f->gate, inter, 0.0f);
@@ -281,7 +300,7 @@ static kvs_status_e run_layer(kvs_forward_t *f, uint32_t l, uint32_t n)
     for (size_t i = 0; i < (size_t)n * inter; i++)
         f->gate[i] = silu(f->gate[i]) * f->up[i];
     if (n == 1) {
-        mv_batch_t b = {{&L->w_down}, {f->gate}, {f->xn}, 1};
+        mv_batch_t b = {{&L->w_down}, {f->gate}, {f->xn}, 1, 0};
         matvec_parallel(f, &b);
         for (uint32_t i = 0; i < H; i++)
             f->x[i] += f->xn[i];
@@ -304,7 +323,7 @@ static kvs_status_e run_block(kvs_forward_t *f, const int32_t *tokens, uint32_t 
 
     if (logits) {
         rmsnorm(f->xn, f->x + (size_t)(n - 1) * H, f->final_norm, H, f->c.rms_norm_eps);
-        mv_batch_t b = {{kvs_model_lm_head(f->m)}, {f->xn}, {logits}, 1};
+        mv_batch_t b = {{kvs_model_lm_head(f->m)}, {f->xn}, {logits}, 1, 0};
         matvec_parallel(f, &b);
     }
     return KVS_OK;

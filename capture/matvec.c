@@ -132,49 +132,78 @@ __attribute__((target("avx2,fma,f16c"))) static inline __m256 load8(kvs_wtype_e 
     return _mm256_loadu_ps((const float *)base + i);
 }
 
-/* Four rows at a time share each load of x, which keeps the loop bound by
-** the weight stream rather than by loads of x. Columns past the last full
-** group of eight go through the scalar tail. */
+/* Bytes ahead of the current load to prefetch. Rows are contiguous, so the
+** matrix is one sequential stream; a measured single-row loop with this
+** prefetch read BF16 weights 2-3x faster than one interleaving four rows,
+** whose four streams the hardware prefetcher followed poorly. */
+#define PREFETCH_AHEAD 4096
+
+/* One row at a time; columns past the last full group of 16 go through
+** the scalar tail. */
 __attribute__((target("avx2,fma,f16c"))) static void matvec_avx2(const kvs_weight_t *w,
                                                                  uint32_t row0, uint32_t row1,
                                                                  const float *x, float *y)
 {
-    const uint32_t cols = w->cols, full = cols & ~7u;
+    const uint32_t cols = w->cols, full = cols & ~15u;
     const kvs_wtype_e type = w->type;
-    uint32_t r = row0;
+    const size_t esize = kvs_wtype_size(type);
 
-    for (; r + 4 <= row1; r += 4) {
-        size_t b0 = (size_t)r * cols, b1 = b0 + cols, b2 = b1 + cols, b3 = b2 + cols;
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-        __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-        for (uint32_t c = 0; c < full; c += 8) {
-            __m256 xv = _mm256_loadu_ps(x + c);
-            a0 = _mm256_fmadd_ps(load8(type, w->data, b0 + c), xv, a0);
-            a1 = _mm256_fmadd_ps(load8(type, w->data, b1 + c), xv, a1);
-            a2 = _mm256_fmadd_ps(load8(type, w->data, b2 + c), xv, a2);
-            a3 = _mm256_fmadd_ps(load8(type, w->data, b3 + c), xv, a3);
-        }
-        float s0 = hsum_avx(a0), s1 = hsum_avx(a1), s2 = hsum_avx(a2), s3 = hsum_avx(a3);
-        for (uint32_t c = full; c < cols; c++) {
-            s0 += load_elem(w, b0 + c) * x[c];
-            s1 += load_elem(w, b1 + c) * x[c];
-            s2 += load_elem(w, b2 + c) * x[c];
-            s3 += load_elem(w, b3 + c) * x[c];
-        }
-        y[r - row0] = s0;
-        y[r + 1 - row0] = s1;
-        y[r + 2 - row0] = s2;
-        y[r + 3 - row0] = s3;
-    }
-    for (; r < row1; r++) {
+    for (uint32_t r = row0; r < row1; r++) {
         size_t b = (size_t)r * cols;
-        __m256 a = _mm256_setzero_ps();
-        for (uint32_t c = 0; c < full; c += 8)
-            a = _mm256_fmadd_ps(load8(type, w->data, b + c), _mm256_loadu_ps(x + c), a);
-        float s = hsum_avx(a);
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        for (uint32_t c = 0; c < full; c += 16) {
+            _mm_prefetch((const char *)w->data + (b + c) * esize + PREFETCH_AHEAD, _MM_HINT_T0);
+            a0 = _mm256_fmadd_ps(load8(type, w->data, b + c), _mm256_loadu_ps(x + c), a0);
+            a1 = _mm256_fmadd_ps(load8(type, w->data, b + c + 8), _mm256_loadu_ps(x + c + 8), a1);
+        }
+        float s = hsum_avx(_mm256_add_ps(a0, a1));
         for (uint32_t c = full; c < cols; c++)
             s += load_elem(w, b + c) * x[c];
         y[r - row0] = s;
+    }
+}
+
+/* Columns up to which the BF16 kernel splits x on the stack (64 KB). */
+#define BF16_SPLIT_MAX 16384u
+
+/* BF16 rows without a widening shuffle. A 256-bit load holds 16 BF16
+** values, two per 32-bit lane; shifting a lane left by 16 gives the even
+** element as an F32 and masking off the low half gives the odd one. x is
+** split once into its even and odd elements to match, so each 16 columns
+** cost one load, a shift, an AND and two FMAs. */
+__attribute__((target("avx2,fma"))) static void matvec_bf16_avx2(const kvs_weight_t *w,
+                                                                 uint32_t row0, uint32_t row1,
+                                                                 const float *x, float *y)
+{
+    const uint32_t cols = w->cols, full = cols & ~31u;
+    const uint16_t *base = w->data;
+    float xe[BF16_SPLIT_MAX / 2], xo[BF16_SPLIT_MAX / 2];
+    const __m256i hi_mask = _mm256_set1_epi32((int)0xffff0000u);
+
+    for (uint32_t c = 0; c < full; c += 2) {
+        xe[c / 2] = x[c];
+        xo[c / 2] = x[c + 1];
+    }
+    for (uint32_t r = row0; r < row1; r++) {
+        const uint16_t *p = base + (size_t)r * cols;
+        __m256 e0 = _mm256_setzero_ps(), o0 = e0, e1 = e0, o1 = e0;
+        for (uint32_t c = 0; c < full; c += 32) {
+            _mm_prefetch((const char *)(p + c) + PREFETCH_AHEAD, _MM_HINT_T0);
+            __m256i a = _mm256_loadu_si256((const __m256i *)(p + c));
+            __m256i b = _mm256_loadu_si256((const __m256i *)(p + c + 16));
+            e0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(a, 16)),
+                                 _mm256_loadu_ps(xe + c / 2), e0);
+            o0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(a, hi_mask)),
+                                 _mm256_loadu_ps(xo + c / 2), o0);
+            e1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(b, 16)),
+                                 _mm256_loadu_ps(xe + c / 2 + 8), e1);
+            o1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(b, hi_mask)),
+                                 _mm256_loadu_ps(xo + c / 2 + 8), o1);
+        }
+        float sum = hsum_avx(_mm256_add_ps(_mm256_add_ps(e0, o0), _mm256_add_ps(e1, o1)));
+        for (uint32_t c = full; c < cols; c++)
+            sum += kvs_bf16_to_float(p[c]) * x[c];
+        y[r - row0] = sum;
     }
 }
 
@@ -238,7 +267,10 @@ void kvs_matvec(const kvs_weight_t *w, uint32_t row0, uint32_t row1, const float
 {
 #ifdef KVS_X86
     if (kvs_matvec_simd()) {
-        matvec_avx2(w, row0, row1, x, y);
+        if (w->type == KVS_WTYPE_BF16 && w->cols <= BF16_SPLIT_MAX)
+            matvec_bf16_avx2(w, row0, row1, x, y);
+        else
+            matvec_avx2(w, row0, row1, x, y);
         return;
     }
 #endif

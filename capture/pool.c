@@ -1,4 +1,19 @@
-/* pool.c: spin-then-sleep worker threads for short parallel steps. */
+/*
+** pool.c: workers that join a step while it is open.
+**
+** One 64-bit word carries the step: generation (high 32 bits), an open
+** flag (bit 31) and the number of workers that joined (low 31 bits).
+**
+**   caller: publish {gen+1, open, 0} -> run fn -> close (clear open,
+**           read joined) -> wait until finished == joined
+**   worker: wait for a new gen -> CAS joined+1 while open and same gen ->
+**           run fn -> finished += 1
+**
+** Invariants: (1) a worker reads fn and ctx only after joining, and the
+** caller changes them only after every joined worker has finished, so ctx
+** on the caller's stack stays valid; (2) a worker that finds the step
+** closed skips it without touching ctx.
+*/
 #include "pool.h"
 
 #include <pthread.h>
@@ -15,6 +30,9 @@
 #define cpu_relax() ((void)0)
 #endif
 
+#define OPEN_BIT (1ull << 31)
+#define JOINED_MASK (OPEN_BIT - 1)
+
 /* Spin iterations before a worker sleeps: long enough to cover the gap
 ** between two steps of one decode token, short enough not to burn a core
 ** between tokens when sampling or trace writing runs. */
@@ -23,15 +41,15 @@
 struct kvs_pool {
     uint32_t n_threads;
     pthread_t *threads;
+    uint32_t started;
     pthread_mutex_t lock;
     pthread_cond_t wake;
-    atomic_uint generation;
-    atomic_uint pending;
+    _Atomic uint64_t state;
+    atomic_uint finished;
     atomic_int sleepers;
-    int stop;
+    atomic_int stop;
     kvs_pool_fn fn;
     void *ctx;
-    uint32_t started;
 };
 
 typedef struct worker_arg {
@@ -39,37 +57,54 @@ typedef struct worker_arg {
     uint32_t tid;
 } worker_arg_t;
 
+static uint32_t state_gen(uint64_t s)
+{
+    return (uint32_t)(s >> 32);
+}
+
+/* Waits for a generation other than seen; returns 0 when stopping. */
+static int wait_new_step(kvs_pool_t *p, uint32_t seen)
+{
+    for (int spins = 0; spins < SPIN_LIMIT; spins++) {
+        if (state_gen(atomic_load_explicit(&p->state, memory_order_acquire)) != seen)
+            return 1;
+        if (atomic_load_explicit(&p->stop, memory_order_relaxed))
+            return 0;
+        cpu_relax();
+    }
+    pthread_mutex_lock(&p->lock);
+    atomic_fetch_add(&p->sleepers, 1);
+    while (state_gen(atomic_load(&p->state)) == seen && !atomic_load(&p->stop))
+        pthread_cond_wait(&p->wake, &p->lock);
+    atomic_fetch_sub(&p->sleepers, 1);
+    pthread_mutex_unlock(&p->lock);
+    return !atomic_load(&p->stop);
+}
+
 static void *worker_main(void *arg)
 {
     worker_arg_t *wa = arg;
     kvs_pool_t *p = wa->pool;
-    uint32_t tid = wa->tid;
-    unsigned seen = 0;
+    uint32_t tid = wa->tid, seen = 0;
 
     free(wa);
-    for (;;) {
-        unsigned gen;
-        int spins = 0;
+    while (wait_new_step(p, seen)) {
+        uint64_t s = atomic_load(&p->state);
+        seen = state_gen(s);
 
-        while ((gen = atomic_load_explicit(&p->generation, memory_order_acquire)) == seen &&
-               spins < SPIN_LIMIT) {
-            cpu_relax();
-            spins++;
+        int joined = 0;
+        while ((s & OPEN_BIT) && state_gen(s) == seen) {
+            if (atomic_compare_exchange_weak(&p->state, &s, s + 1)) {
+                joined = 1;
+                break;
+            }
         }
-        if (gen == seen) {
-            pthread_mutex_lock(&p->lock);
-            atomic_fetch_add(&p->sleepers, 1);
-            while ((gen = atomic_load(&p->generation)) == seen && !p->stop)
-                pthread_cond_wait(&p->wake, &p->lock);
-            atomic_fetch_sub(&p->sleepers, 1);
-            pthread_mutex_unlock(&p->lock);
-        }
-        if (p->stop && gen == seen)
-            return NULL;
-        seen = gen;
-        p->fn(p->ctx, tid, p->n_threads);
-        atomic_fetch_sub_explicit(&p->pending, 1, memory_order_release);
+        if (!joined)
+            continue;
+        p->fn(p->ctx, tid);
+        atomic_fetch_add_explicit(&p->finished, 1, memory_order_release);
     }
+    return NULL;
 }
 
 kvs_status_e kvs_pool_create(uint32_t n_threads, kvs_pool_t **out)
@@ -109,7 +144,7 @@ void kvs_pool_destroy(kvs_pool_t *p)
     if (!p)
         return;
     pthread_mutex_lock(&p->lock);
-    p->stop = 1;
+    atomic_store(&p->stop, 1);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->lock);
     for (uint32_t t = 1; t <= p->started; t++)
@@ -128,33 +163,33 @@ uint32_t kvs_pool_threads(const kvs_pool_t *p)
 void kvs_pool_run(kvs_pool_t *p, kvs_pool_fn fn, void *ctx)
 {
     if (p->n_threads == 1) {
-        fn(ctx, 0, 1);
+        fn(ctx, 0);
         return;
     }
     p->fn = fn;
     p->ctx = ctx;
-    atomic_store(&p->pending, p->n_threads - 1);
+    atomic_store_explicit(&p->finished, 0, memory_order_relaxed);
+    uint64_t gen = state_gen(atomic_load(&p->state)) + 1u;
+    atomic_store(&p->state, (gen << 32) | OPEN_BIT);
 
-    /* The mutex orders the generation bump against a worker that is about
-    ** to sleep, so no wake-up is lost; it is taken only when one sleeps. */
+    /* Taking the mutex orders the publication against a worker about to
+    ** sleep, so no wake-up is lost; it is taken only when one sleeps. */
     if (atomic_load(&p->sleepers) > 0) {
         pthread_mutex_lock(&p->lock);
-        atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
         pthread_cond_broadcast(&p->wake);
         pthread_mutex_unlock(&p->lock);
-    } else {
-        atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
-        if (atomic_load(&p->sleepers) > 0) {
-            pthread_mutex_lock(&p->lock);
-            pthread_cond_broadcast(&p->wake);
-            pthread_mutex_unlock(&p->lock);
-        }
     }
 
-    fn(ctx, 0, p->n_threads);
-    /* A worker that lost its core finishes only when rescheduled; yielding
-    ** after a short spin hands the core over instead of burning it. */
-    for (int spins = 0; atomic_load_explicit(&p->pending, memory_order_acquire) != 0; spins++) {
+    fn(ctx, 0);
+
+    uint64_t s = atomic_load(&p->state);
+    while (!atomic_compare_exchange_weak(&p->state, &s, s & ~OPEN_BIT))
+        ;
+    uint32_t joined = (uint32_t)(s & JOINED_MASK);
+
+    /* A joined worker that lost its core finishes only when rescheduled;
+    ** yielding after a short spin hands the core over instead of burning it. */
+    for (int spins = 0; atomic_load_explicit(&p->finished, memory_order_acquire) != joined; spins++) {
         if (spins < 2000)
             cpu_relax();
         else
