@@ -237,10 +237,16 @@ static kvs_status_e open_db(const char *path, int readonly, int target, kvs_db_t
 {
     kvs_db_t *db;
     kvs_status_e rc;
-    int flags = readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
 
     *out = NULL;
     KVS_FORWARD(check_path(path, readonly));
+
+    /* A read-only SQLite connection cannot remove the -wal and -shm files
+    ** it creates, so a writable file is opened read-write and locked to
+    ** queries with PRAGMA query_only instead. */
+    if (readonly)
+        flags = access(path, W_OK) == 0 ? SQLITE_OPEN_READWRITE : SQLITE_OPEN_READONLY;
     db = calloc(1, sizeof *db);
     if (!db || !(db->path = strdup(path))) {
         free(db);
@@ -256,7 +262,7 @@ static kvs_status_e open_db(const char *path, int readonly, int target, kvs_db_t
     }
     sqlite3_busy_timeout(db->conn, KVS_DB_BUSY_TIMEOUT_MS);
     sqlite3_extended_result_codes(db->conn, 0);
-    rc = kvs_db_exec(db->conn, path, "PRAGMA foreign_keys = ON");
+    rc = kvs_db_exec(db->conn, path, readonly ? "PRAGMA query_only = ON" : "PRAGMA foreign_keys = ON");
     if (rc == KVS_OK)
         rc = open_schema(db, target);
     if (rc != KVS_OK) {
