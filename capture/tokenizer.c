@@ -115,10 +115,11 @@ void kvs_tokenizer_free(kvs_tokenizer_t *tok)
 {
     if (!tok)
         return;
-    if (tok->id_token) {
+    if (tok->model_token) {
         for (uint32_t i = 0; i < tok->vocab_size; i++)
-            free(tok->id_token[i]);
+            free(tok->model_token[i]);
     }
+    free(tok->model_token);
     free(tok->id_token);
     free(tok->id_token_len);
     free(tok->id_special);

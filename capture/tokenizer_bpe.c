@@ -15,7 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Cache limits: past either, the cache is emptied and refilled. */
+/* Cache size. A full cache takes no new entries: the pre-tokens seen
+** first are mostly the frequent ones, which keep hitting. */
 #define CACHE_MAX_ENTRIES 65536
 #define CACHE_SLOTS (2 * CACHE_MAX_ENTRIES)
 
@@ -191,14 +192,6 @@ void kvs_tok_cache_free(kvs_tok_cache_t *c)
     memset(c, 0, sizeof *c);
 }
 
-static void cache_clear(kvs_tok_cache_t *c)
-{
-    memset(c->slots, 0, c->cap * sizeof *c->slots);
-    c->count = 0;
-    c->keys.len = 0;
-    c->ids.len = 0;
-}
-
 static const kvs_tok_cache_slot_t *cache_find(const kvs_tok_cache_t *c, const char *w, size_t len,
                                               uint64_t hash, size_t *free_slot)
 {
@@ -220,7 +213,7 @@ static kvs_status_e cache_store(kvs_tok_cache_t *c, const char *w, size_t len, u
     size_t j;
 
     if (c->count >= CACHE_MAX_ENTRIES)
-        cache_clear(c);
+        return KVS_OK;
     if (cache_find(c, w, len, hash, &j))
         return KVS_OK;
     c->slots[j] = (kvs_tok_cache_slot_t){hash, (uint32_t)c->keys.len, (uint32_t)len,
@@ -435,6 +428,8 @@ kvs_status_e kvs_tok_bpe_word(kvs_tokenizer_t *tok, const char *w, size_t len, k
 
         hash = XXH3_64bits(w, len);
         hit = cache_find(&tok->cache, w, len, hash, &free_slot);
+        if (hit && hit->n_ids == 0)
+            return KVS_OK;
         if (hit)
             return kvs_tok_ids_append(out, tok->cache.ids.data + hit->ids_off, hit->n_ids);
     }

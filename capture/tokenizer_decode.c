@@ -45,6 +45,8 @@ static kvs_status_e strlist_open(strlist_t *l)
         l->len = len;
         l->cap = cap;
     }
+    /* Reserving also allocates, so item() never offsets a NULL pointer. */
+    KVS_FORWARD(kvs_tok_buf_reserve(&l->bytes, 0));
     l->start[l->n] = l->bytes.len;
     l->len[l->n] = 0;
     l->n++;

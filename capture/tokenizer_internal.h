@@ -212,7 +212,8 @@ struct kvs_tokenizer {
 
     /* Vocabulary: id -> token (model and added), token -> id (model only). */
     uint32_t vocab_size;
-    char **id_token;         /* NULL for ids that no token uses */
+    char **id_token;         /* borrowed from model_token or added; NULL for unused ids */
+    char **model_token;      /* owned model vocabulary strings, keys of model_vocab */
     uint32_t *id_token_len;
     uint8_t *id_special;
     kvs_tok_strmap_t model_vocab;

@@ -42,6 +42,8 @@ static kvs_status_e bad(const load_ctx_t *ctx, kvs_status_e status, const char *
 
 static const char *type_name(const json_t *v)
 {
+    if (!v)
+        return "missing";
     switch (json_typeof(v)) {
     case JSON_OBJECT:
         return "an object";
@@ -380,7 +382,7 @@ static kvs_status_e load_vocab(const load_ctx_t *ctx, const json_t *vocab, uint3
 
     if (!json_is_object(vocab))
         return bad(ctx, KVS_ERR_TOKENIZER, "model.vocab must be an object of token: id, not %s",
-                   vocab ? type_name(vocab) : "missing");
+                   type_name(vocab));
     KVS_FORWARD(kvs_tok_strmap_init(&tok->model_vocab, json_object_size(vocab)));
     *max_id = 0;
     json_object_foreach((json_t *)vocab, key, value) {
@@ -411,15 +413,17 @@ static kvs_status_e take_vocab_keys(const load_ctx_t *ctx)
 
         if (!s->key)
             continue;
-        if (tok->id_token[id])
+        if (tok->model_token[id])
             return bad(ctx, KVS_ERR_TOKENIZER,
                        "model.vocab gives id %d to both \"%.60s\" and \"%.60s\"; every token "
                        "needs its own id",
-                       id, tok->id_token[id], s->key);
-        tok->id_token[id] = dup_bytes(s->key, s->len);
-        KVS_RETURN_IF(!tok->id_token[id], KVS_ERR_NOMEM, "out of memory copying the vocabulary");
+                       id, tok->model_token[id], s->key);
+        tok->model_token[id] = dup_bytes(s->key, s->len);
+        KVS_RETURN_IF(!tok->model_token[id], KVS_ERR_NOMEM,
+                      "out of memory copying the vocabulary");
+        tok->id_token[id] = tok->model_token[id];
         tok->id_token_len[id] = s->len;
-        s->key = tok->id_token[id];
+        s->key = tok->model_token[id];
     }
     return KVS_OK;
 }
@@ -434,7 +438,7 @@ static kvs_status_e load_merges(const load_ctx_t *ctx, const json_t *merges)
 
     if (!json_is_array(merges))
         return bad(ctx, KVS_ERR_TOKENIZER, "model.merges must be an array, not %s",
-                   merges ? type_name(merges) : "missing");
+                   type_name(merges));
     if (json_array_size(merges) > UINT32_MAX)
         return bad(ctx, KVS_ERR_TOKENIZER, "model.merges has too many entries");
     KVS_FORWARD(kvs_tok_mergemap_init(&tok->merges, json_array_size(merges)));
@@ -507,7 +511,7 @@ static kvs_status_e load_model(const load_ctx_t *ctx, const json_t *root, uint32
 
     if (!json_is_object(model))
         return bad(ctx, KVS_ERR_TOKENIZER, "model must be an object, not %s",
-                   model ? type_name(model) : "missing");
+                   type_name(model));
     if (type && !json_is_string(type))
         return bad(ctx, KVS_ERR_TOKENIZER, "model.type must be a string, not %s", type_name(type));
     if (type && strcmp(json_string_value(type), "BPE"))
@@ -623,9 +627,7 @@ static kvs_status_e load_added(const load_ctx_t *ctx, const json_t *list)
         tok->n_added++;
 
         /* An added token's string wins over a model token with its id. */
-        free(tok->id_token[a->id]);
-        tok->id_token[a->id] = dup_bytes(content, len);
-        KVS_RETURN_IF(!tok->id_token[a->id], KVS_ERR_NOMEM, "out of memory for added tokens");
+        tok->id_token[a->id] = a->content;
         tok->id_token_len[a->id] = (uint32_t)len;
         tok->id_special[a->id] = (uint8_t)special;
         KVS_FORWARD(kvs_tok_strmap_put(&tok->added_vocab, a->content, len, a->id, NULL));
@@ -943,9 +945,11 @@ static kvs_status_e load_all(const load_ctx_t *ctx, const json_t *root, const ch
 
     tok->vocab_size = max_id + 1;
     tok->id_token = calloc(tok->vocab_size, sizeof *tok->id_token);
+    tok->model_token = calloc(tok->vocab_size, sizeof *tok->model_token);
     tok->id_token_len = calloc(tok->vocab_size, sizeof *tok->id_token_len);
     tok->id_special = calloc(tok->vocab_size, 1);
-    KVS_RETURN_IF(!tok->id_token || !tok->id_token_len || !tok->id_special, KVS_ERR_NOMEM,
+    KVS_RETURN_IF(!tok->id_token || !tok->model_token || !tok->id_token_len || !tok->id_special,
+                  KVS_ERR_NOMEM,
                   "out of memory for a vocabulary of %u ids", tok->vocab_size);
     KVS_FORWARD(take_vocab_keys(ctx));
     KVS_FORWARD(finish_model(ctx, root));
@@ -989,7 +993,8 @@ static kvs_status_e load_impl(const char *json, size_t json_len, const char *tok
     rc = load_all(&ctx, root, tok_config, tok_config_len, model_config, model_config_len);
 
     /* Vocabulary keys still point into the document if loading stopped
-    ** before take_vocab_keys; freeing the map first keeps that harmless. */
+    ** before take_vocab_keys. That is harmless: a failed load only frees
+    ** the map and never reads it. */
     json_decref(root);
     if (rc != KVS_OK) {
         kvs_tokenizer_free(tok);

@@ -668,6 +668,26 @@ START_TEST(added_token_strip_flags)
 }
 END_TEST
 
+START_TEST(added_token_sharing_model_id)
+{
+    /* The added token's string wins for decoding, while BPE still reaches
+    ** the model token "abc" through its merges. */
+    char *json = with(tiny_json, "\"id\": 6, \"content\": \"<m>\"", "\"id\": 5, \"content\": \"<m>\"");
+    kvs_tokenizer_t *tok = load_text(json);
+    int32_t id = 5;
+    char *text;
+    size_t len;
+
+    assert_encodes(tok, "abc", (int32_t[]){5}, 1);
+    assert_encodes(tok, "a<m>", (int32_t[]){0, 5}, 2);
+    ck_assert_int_eq(kvs_tokenizer_decode(tok, &id, 1, 0, &text, &len), KVS_OK);
+    ck_assert_str_eq(text, "<m>");
+    free(text);
+    kvs_tokenizer_free(tok);
+    free(json);
+}
+END_TEST
+
 START_TEST(unknown_and_byte_fallback)
 {
     char *json = with(tiny_json, "\"unk_token\": null", "\"unk_token\": \"<unk>\"");
@@ -895,6 +915,7 @@ int main(void)
     suite_add_tcase(s, real);
 
     tcase_add_test(tiny, added_token_strip_flags);
+    tcase_add_test(tiny, added_token_sharing_model_id);
     tcase_add_test(tiny, unknown_and_byte_fallback);
     tcase_add_test(tiny, merges_as_pairs_load);
     tcase_add_test(tiny, ignore_merges_takes_whole_word);
