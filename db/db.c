@@ -577,7 +577,7 @@ static kvs_status_e insert_head(kvs_db_t *db, int64_t run_id, uint32_t layer, ui
 }
 
 kvs_status_e kvs_db_commit_unit(kvs_db_t *db, int64_t run_id, uint32_t layer, uint32_t kv_head,
-                                const kvs_db_head_row_t *rows, uint32_t n_rows, double attend_seconds,
+                                const kvs_db_head_row_t *rows, uint32_t n_rows, double total_attend_seconds,
                                 uint32_t attend_calls)
 {
     kvs_status_e rc;
@@ -592,7 +592,11 @@ kvs_status_e kvs_db_commit_unit(kvs_db_t *db, int64_t run_id, uint32_t layer, ui
         sqlite3_bind_int64(st, 1, run_id);
         sqlite3_bind_int64(st, 2, layer);
         sqlite3_bind_int64(st, 3, kv_head);
-        sqlite3_bind_double(st, 4, attend_seconds);
+        /* No calls leave the mean undefined: NULL. */
+        if (attend_calls > 0)
+            sqlite3_bind_double(st, 4, total_attend_seconds / attend_calls);
+        else
+            sqlite3_bind_null(st, 4);
         sqlite3_bind_int64(st, 5, attend_calls);
         rc = step_done(db, st, "storing a unit");
     }

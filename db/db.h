@@ -74,10 +74,12 @@ typedef struct kvs_db_head_row {
     const double *bucket_logit_rmse;
 } kvs_db_head_row_t;
 
-/* Commits a unit's head rows and its measured mean attention step time in
-** one transaction, retrying while another writer holds the lock. */
+/* Commits a unit's head rows and its measured attention time in one
+** transaction, retrying while another writer holds the lock.
+** total_attend_seconds is the sum over the unit's attend_calls attention
+** calls; the units table stores the mean per call. */
 kvs_status_e kvs_db_commit_unit(kvs_db_t *db, int64_t run_id, uint32_t layer, uint32_t kv_head,
-                                const kvs_db_head_row_t *rows, uint32_t n_rows, double attend_seconds,
+                                const kvs_db_head_row_t *rows, uint32_t n_rows, double total_attend_seconds,
                                 uint32_t attend_calls);
 
 /* Marks the run finished ("done") or failed ("failed: message"). */

@@ -327,11 +327,18 @@ START_TEST(commit_is_atomic)
     ck_assert_int_eq(kvs_db_commit_unit(db, run, 0, 0, rows, 2, 1e-5, 10), KVS_ERR_INVALID);
     rows[1].n_buckets = 0;
     ck_assert_int_eq(kvs_db_commit_unit(db, run, 0, 0, rows, 2, 1e-5, 10), KVS_OK);
+
+    /* A unit without attention calls has no mean time. */
+    ck_assert_int_eq(kvs_db_commit_unit(db, run, 1, 0, rows, 2, 0.0, 0), KVS_OK);
     kvs_db_close(db);
 
     sqlite3 *conn = raw_open(path);
-    ck_assert_int_eq(raw_int(conn, "SELECT COUNT(*) FROM metrics"), 2);
-    ck_assert_int_eq(raw_int(conn, "SELECT COUNT(*) FROM units"), 1);
+    ck_assert_int_eq(raw_int(conn, "SELECT COUNT(*) FROM metrics"), 4);
+    ck_assert_int_eq(raw_int(conn, "SELECT COUNT(*) FROM units"), 2);
+    /* 1e-5 s over 10 calls is stored as the mean, 1e-6 s per call. */
+    ck_assert_int_eq(raw_int(conn, "SELECT COUNT(*) FROM units WHERE layer = 0 AND abs(attend_seconds - 1e-6) < 1e-18"),
+                     1);
+    ck_assert_int_eq(raw_int(conn, "SELECT COUNT(*) FROM units WHERE layer = 1 AND attend_seconds IS NULL"), 1);
     sqlite3_close(conn);
     free(path);
 }
