@@ -598,6 +598,123 @@ START_TEST(flipped_byte_in_index_fails_open)
 }
 END_TEST
 
+static void put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* Recomputes the header, frame and footer checksums as docs/trace-format.md
+** defines them, so a crafted field reaches the structural checks. */
+static void reseal(uint8_t *b, size_t size)
+{
+    uint64_t index_offset = le64(b + size - 56), count = le64(b + size - 48);
+    uint64_t meta_offset = le64(b + size - 40);
+
+    put64(b + 56, XXH3_64bits(b, 56));
+    for (uint64_t i = 0; i < count; i++) {
+        uint8_t *e = b + index_offset + 48 * i;
+        uint64_t offset = le64(e + 16), csize = le64(e + 24);
+        if (offset + csize <= size)
+            put64(e + 40, XXH3_64bits(b + offset, csize));
+    }
+    put64(b + size - 16, XXH3_64bits(b + meta_offset, size - 16 - meta_offset));
+}
+
+START_TEST(crafted_fields_rejected)
+{
+    char *dir = kvs_test_tmpdir("trace_crafted");
+    char *path = make_path(dir, "a.kvt");
+    char *crafted = make_path(dir, "crafted.kvt");
+    trace_data_t d;
+    char *orig;
+    size_t size;
+
+    fill_random(&d, small_shape, 40, 17);
+    ck_assert_int_eq(write_data(path, &d, KVS_DTYPE_F32, 16, "{\"a\":[1]}"), KVS_OK);
+    ck_assert_int_eq(kvs_read_file(path, &orig, &size), KVS_OK);
+    uint64_t index_offset = le64((uint8_t *)orig + size - 56);
+    uint64_t meta_offset = le64((uint8_t *)orig + size - 40);
+
+    /* Each case: where to write, what, the status and a word of the message. */
+    struct {
+        uint64_t at;
+        int width; /* 1, 4 or 8 bytes */
+        uint64_t value;
+        kvs_status_e status;
+        const char *expected;
+    } cases[] = {
+        {8, 4, 2, KVS_ERR_TRACE_FORMAT, "version 2"},
+        {40, 4, 3, KVS_ERR_TRACE_FORMAT, "unknown flags"},
+        {32, 4, 9, KVS_ERR_TRACE_FORMAT, "unknown dtype"},
+        {24, 4, 3, KVS_ERR_TRACE_FORMAT, "invalid shape"},
+        {36, 4, 0, KVS_ERR_TRACE_FORMAT, "block_tokens 0"},
+        {index_offset + 0, 1, 7, KVS_ERR_TRACE_CORRUPT, "kind 7"},
+        {index_offset + 4, 4, 3, KVS_ERR_TRACE_CORRUPT, "layer 3"},
+        {index_offset + 8, 4, 5, KVS_ERR_TRACE_CORRUPT, "not a block"},
+        {index_offset + 12, 4, 15, KVS_ERR_TRACE_CORRUPT, "not a block"},
+        {index_offset + 32, 8, 12, KVS_ERR_TRACE_CORRUPT, "expected"},
+        /* Frame 0 pointed at frame 1's bytes overlaps it and leaves a gap. */
+        {index_offset + 16, 8, le64((uint8_t *)orig + index_offset + 48 + 16), KVS_ERR_TRACE_CORRUPT,
+         "does not follow"},
+        {index_offset + 24, 8, 1, KVS_ERR_TRACE_CORRUPT, "does not follow"},
+        {size - 24, 8, 41, KVS_ERR_TRACE_CORRUPT, "not a block"},
+        {size - 24, 8, 49, KVS_ERR_TRACE_CORRUPT, "entries, expected"},
+        {size - 24, 8, 0, KVS_ERR_TRACE_CORRUPT, "token count 0"},
+        {meta_offset, 1, '[', KVS_ERR_TRACE_CORRUPT, "not a JSON object"},
+    };
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        uint8_t *b = malloc(size);
+        kvs_trace_t *t = NULL;
+        uint64_t bad = 0;
+
+        memcpy(b, orig, size);
+        if (cases[i].width == 1)
+            b[cases[i].at] = (uint8_t)cases[i].value;
+        else if (cases[i].width == 4)
+            put32(b + cases[i].at, (uint32_t)cases[i].value);
+        else
+            put64(b + cases[i].at, cases[i].value);
+        reseal(b, size);
+        write_bytes(crafted, (char *)b, size);
+
+        ck_assert_int_eq(kvs_trace_open(crafted, &t), cases[i].status);
+        ck_assert_ptr_null(t);
+        ck_assert_msg(strstr(kvs_error_message(), cases[i].expected), "case %zu: %s", i,
+                      kvs_error_message());
+        ck_assert_msg(strstr(kvs_error_message(), "byte offset"), "case %zu: %s", i,
+                      kvs_error_message());
+        ck_assert_int_eq(kvs_trace_verify(crafted, &bad), cases[i].status);
+        ck_assert_uint_lt(bad, size);
+        free(b);
+    }
+
+    /* Two entries naming the same (kind, layer, block). */
+    uint8_t *b = malloc(size);
+    kvs_trace_t *t = NULL;
+    memcpy(b, orig, size);
+    memcpy(b + index_offset + 48, b + index_offset, 48);
+    reseal(b, size);
+    write_bytes(crafted, (char *)b, size);
+    ck_assert_int_eq(kvs_trace_open(crafted, &t), KVS_ERR_TRACE_CORRUPT);
+    ck_assert_msg(strstr(kvs_error_message(), "repeats"), "%s", kvs_error_message());
+    free(b);
+
+    free(orig);
+    data_free(&d);
+    free(crafted);
+    free(path);
+    free(dir);
+}
+END_TEST
+
 START_TEST(truncated_file_fails)
 {
     char *dir = kvs_test_tmpdir("trace_truncate");
@@ -1161,6 +1278,7 @@ int main(void)
     tcase_add_test(tc, content_hash_is_xxh3_128_of_file);
     tcase_add_test(tc, flipped_byte_fails_inside_frame);
     tcase_add_test(tc, flipped_byte_in_index_fails_open);
+    tcase_add_test(tc, crafted_fields_rejected);
     tcase_add_test(tc, truncated_file_fails);
     tcase_add_test(tc, nan_rejected_with_position);
     tcase_add_test(tc, f16_overflow_rejected);

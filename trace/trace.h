@@ -121,13 +121,17 @@ uint64_t kvs_trace_kind_raw_bytes(const kvs_trace_t *t, kvs_kind_e kind);
 /* Reads rows [first, first+n) of one kind and layer into out, which holds
 ** (n, row_width) F32. Decompresses only the frames that overlap the range
 ** and checks their checksums. Safe to call from several threads on one
-** kvs_trace_t. */
+** kvs_trace_t. Each call decompresses every frame it touches, so reading
+** ranges aligned to kvs_trace_block_tokens() decodes each frame once.
+** Fails with KVS_ERR_INVALID for a range past n_tokens and with
+** KVS_ERR_TRACE_CORRUPT for a damaged frame; out is then partly written. */
 kvs_status_e kvs_trace_read(kvs_trace_t *t, kvs_kind_e kind, uint32_t layer, uint32_t first,
                             uint32_t n, float *out);
 
 /* Reads every frame and checks checksums, sizes and index consistency. On
-** failure *bad_offset is the file offset of the first bad byte range and the
-** message names it. */
+** failure *bad_offset is the file offset of the first bad byte range (the
+** file size for a truncated file) and the message names it; on success it
+** is 0. bad_offset may be NULL. */
 kvs_status_e kvs_trace_verify(const char *path, uint64_t *bad_offset);
 
 #endif
