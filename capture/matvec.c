@@ -6,6 +6,7 @@
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define KVS_X86 1
 #endif
@@ -255,8 +256,12 @@ int kvs_matvec_simd(void)
 #ifdef KVS_X86
         const char *off = getenv("KVSIM_NO_SIMD");
         __builtin_cpu_init();
-        on = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-             __builtin_cpu_supports("f16c") && !(off && *off && strcmp(off, "0"));
+        /* clang 14 rejects "f16c" in __builtin_cpu_supports, so F16C is read
+        ** from CPUID leaf 1 (ECX bit 29) directly. */
+        unsigned eax, ebx, ecx = 0, edx;
+        int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
+        on = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c &&
+             !(off && *off && strcmp(off, "0"));
 #endif
         cached = simd_cached = on;
     }
