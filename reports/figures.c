@@ -113,9 +113,34 @@ static int boxes_overlap(const label_box_t *a, const label_box_t *b)
     return a->u0 < b->u1 && b->u0 < a->u1 && a->v0 < b->v1 && b->v0 < a->v1;
 }
 
+/* Returns 1 when box crosses the Pareto front line, tested at points every
+** 1% of the plot along each segment between front runs (runs are in
+** decreasing bytes, so consecutive front runs are neighbours on the line). */
+static int crosses_front(const label_box_t *box, const rpt_trace_t *t, const double *u, const double *v)
+{
+    int prev = -1;
+
+    for (uint32_t i = 0; i < t->n_runs; i++) {
+        if (!t->runs[i].on_front)
+            continue;
+        if (prev >= 0) {
+            double du = u[i] - u[prev], dv = v[i] - v[prev];
+            int steps = 1 + (int)(100 * sqrt(du * du + dv * dv));
+            for (int s = 0; s <= steps; s++) {
+                double pu = u[prev] + du * s / steps, pv = v[prev] + dv * s / steps;
+                if (pu > box->u0 && pu < box->u1 && pv > box->v0 && pv < box->v1)
+                    return 1;
+            }
+        }
+        prev = (int)i;
+    }
+    return 0;
+}
+
 /* Places each run's label beside its marker, to the right or left and up to
-** three lines up or down, at the first spot that covers no marker and no
-** label placed before. Writes one `set label` per run. */
+** three lines up or down, at the first spot that covers no marker, no
+** label placed before and no part of the front line. Writes one `set label`
+** per run. */
 static void write_point_labels(FILE *fp, const rpt_trace_t *t, const double *u, const double *v)
 {
     static const int shifts[] = {0, 1, -1, 2, -2, 3, -3};
@@ -142,7 +167,7 @@ static void write_point_labels(FILE *fp, const rpt_trace_t *t, const double *u, 
                 box.v1 = v[i] + dv + 0.5 * line_v;
                 if (box.u0 < 0 || box.u1 > 1 || box.v0 < 0 || box.v1 > 1)
                     continue;
-                int clear = 1;
+                int clear = !crosses_front(&box, t, u, v);
                 for (uint32_t j = 0; j < n_placed && clear; j++)
                     clear = !boxes_overlap(&box, &placed[j]);
                 for (uint32_t j = 0; j < t->n_runs && clear; j++) {
@@ -427,7 +452,11 @@ static kvs_status_e figure_lines(rpt_ctx_t *ctx, uint32_t ti, const char *prefix
             step = 2;
         fprintf(fp, "    set xtics %d\n    set xrange [-0.5:%lld.5]\n", step, (long long)t->n_layers - 1);
     }
-    fprintf(fp, "    set key outside right top box\n");
+    /* Long legends take a smaller font so the plot keeps its width. */
+    if (n_series > 8)
+        fprintf(fp, "    set key outside right top nobox font \",8\" width -12\n");
+    else
+        fprintf(fp, "    set key outside right top box\n");
     write_key_note(fp, any_zero, zero_at);
     fprintf(fp, "    plot \\\n");
     int block = 0;
