@@ -437,6 +437,22 @@ START_TEST(synth_135m_matches_smollm2_config)
     }
     ck_assert(max_k > 0 && isfinite(max_k));
     kvs_forward_destroy(f);
+
+    /* Two threads split the large decode products between them; each row
+    ** is still computed by one thread with the same kernel, so the logits
+    ** equal the one-thread logits exactly. */
+    float *one = malloc(49152 * sizeof *one);
+    int32_t toks[2] = {1, 4000};
+    for (int threads = 1; threads <= 2; threads++) {
+        ck_assert_int_eq(kvs_forward_create(m, 4, (uint32_t)threads, &f), KVS_OK);
+        for (int step = 0; step < 2; step++)
+            ck_assert_int_eq(kvs_forward_run(f, &toks[step], 1, threads == 1 ? one : logits), KVS_OK);
+        kvs_forward_destroy(f);
+    }
+    for (int i = 0; i < 49152; i++)
+        ck_assert_msg(one[i] == logits[i], "logit %d: %g with 1 thread, %g with 2", i, one[i],
+                      logits[i]);
+    free(one);
     kvs_model_destroy(m);
     free(logits);
 

@@ -228,15 +228,17 @@ int main(int argc, char **argv)
         decode_total += step[i];
     }
     qsort(step, n_decode, sizeof *step, cmp_double);
-    double median = step[n_decode / 2];
+    double median = step[n_decode / 2], fastest = step[0];
 
     /* Bytes a decode step reads: the weights, plus the K and V cache rows
     ** attention reads at the mean context length of the decode phase. */
     double weight_bytes = (double)kvs_model_decode_bytes(m);
     double ctx = n_prompt + n_decode / 2.0;
     double kv_bytes = ctx * c->n_layers * c->n_kv_heads * c->head_dim * 2.0 * 4.0;
+    /* The bandwidth is a best of 5, so decode is compared through its
+    ** fastest step as well; the median shows the typical rate. */
     double tok_s = 1.0 / median;
-    double eff = (weight_bytes + kv_bytes) * tok_s / 1e9;
+    double eff = (weight_bytes + kv_bytes) / fastest / 1e9;
 
     printf("model:        %s (%s%s), %u layers, hidden %u, weights %s\n", model_dir,
            kvs_model_name(m), c->synthetic ? ", synthetic" : "", c->n_layers, c->hidden_size,
@@ -248,12 +250,13 @@ int main(int argc, char **argv)
            head_best);
     printf("prefill:      %u tokens in %.3f s = %.1f tokens/s\n", n_prompt, prefill_s,
            n_prompt / prefill_s);
-    printf("decode:       %u tokens, median %.2f ms/token = %.1f tokens/s (mean %.1f tokens/s)\n",
-           n_decode, median * 1e3, tok_s, n_decode / decode_total);
+    printf("decode:       %u tokens, median %.2f ms/token = %.1f tokens/s (mean %.1f, fastest "
+           "step %.1f tokens/s)\n",
+           n_decode, median * 1e3, tok_s, n_decode / decode_total, 1.0 / fastest);
     printf("bytes/token:  %.1f MB weights + %.1f MB KV cache at context %.0f\n", weight_bytes / 1e6,
            kv_bytes / 1e6, ctx);
-    printf("decode reads: %.2f GB/s = %.0f%% of the %u-thread read bandwidth\n", eff,
-           100.0 * eff / bwn, threads);
+    printf("decode reads: %.2f GB/s in the fastest step = %.0f%% of the %u-thread read bandwidth\n",
+           eff, 100.0 * eff / bwn, threads);
 
     free(logits);
     free(prompt);
