@@ -14,6 +14,7 @@
 **      role is dense F32.
 */
 #include "kernel_impl.h"
+#include "simd.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -591,22 +592,22 @@ kvs_status_e kvs_kernel_end_prefill(kvs_kernel_t *k, const float *q_window, uint
 }
 
 /* Softmax of one query's logits over the attended positions, with the
-** maximum subtracted first and the sum in double. Rows with no attended
-** position get all-zero weights. */
+** maximum subtracted first and the sum in double. Positions outside attend
+** hold -infinity, whose exponential is 0. Rows with no attended position
+** get all-zero weights. */
 static void softmax_row(const float *logits, const uint8_t *attend, uint32_t n, float *w)
 {
     float max = -INFINITY;
-    double sum = 0.0;
 
     for (uint32_t t = 0; t < n; t++) {
         if (attend[t] && logits[t] > max)
             max = logits[t];
     }
-    for (uint32_t t = 0; t < n; t++) {
-        float e = attend[t] ? expf(logits[t] - max) : 0.0f;
-        w[t] = e;
-        sum += e;
+    if (max == -INFINITY) {
+        memset(w, 0, (size_t)n * sizeof *w);
+        return;
     }
+    double sum = kvs_simd_exp_sum(logits, max, w, n);
     if (!(sum > 0.0)) {
         memset(w, 0, (size_t)n * sizeof *w);
         return;

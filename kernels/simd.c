@@ -2,6 +2,7 @@
 #include "simd.h"
 
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 static int simd_enabled = 1;
@@ -122,10 +123,91 @@ void kvs_simd_dot_rows_f32(const float *q, uint32_t g, const float *x, uint32_t 
         out[(size_t)r * out_stride] = kvs_simd_dot_f32_ref(q + (size_t)r * n, x, n);
 }
 
+__attribute__((target("avx2,fma"))) static void bf16_row_avx2(const uint16_t *src, float *dst,
+                                                              uint32_t n)
+{
+    uint32_t i = 0;
+
+    for (; i + 8 <= n; i += 8) {
+        __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + i)));
+        _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+    }
+    for (; i < n; i++) {
+        uint32_t u = (uint32_t)src[i] << 16;
+        memcpy(dst + i, &u, 4);
+    }
+}
+
 void kvs_simd_bf16_row_to_f32(const uint16_t *src, float *dst, uint32_t n)
 {
+    if (kvs_simd_avx2()) {
+        bf16_row_avx2(src, dst, n);
+        return;
+    }
     for (uint32_t i = 0; i < n; i++) {
         uint32_t u = (uint32_t)src[i] << 16;
         memcpy(dst + i, &u, 4);
     }
+}
+
+double kvs_simd_exp_sum_ref(const float *x, float max, float *out, uint32_t n)
+{
+    double sum = 0.0;
+
+    for (uint32_t i = 0; i < n; i++) {
+        out[i] = expf(x[i] - max);
+        sum += out[i];
+    }
+    return sum;
+}
+
+/* exp(x) = 2^k e^r with k = round(x / ln2) and r = x - k ln2, ln2 split in
+** two parts (Cody and Waite) so r is exact enough; e^r by Taylor to r^7. */
+__attribute__((target("avx2,fma"))) static double exp_sum_avx2(const float *x, float max,
+                                                               float *out, uint32_t n)
+{
+    const __m256 vmax = _mm256_set1_ps(max), lo_limit = _mm256_set1_ps(-87.0f);
+    const __m256 log2e = _mm256_set1_ps(1.44269504f);
+    const __m256 ln2_hi = _mm256_set1_ps(0.693359375f), ln2_lo = _mm256_set1_ps(-2.12194440e-4f);
+    const __m256 c7 = _mm256_set1_ps(1.0f / 5040), c6 = _mm256_set1_ps(1.0f / 720),
+                 c5 = _mm256_set1_ps(1.0f / 120), c4 = _mm256_set1_ps(1.0f / 24),
+                 c3 = _mm256_set1_ps(1.0f / 6), c2 = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    __m256 acc = _mm256_setzero_ps();
+    double sum = 0.0;
+    uint32_t i = 0;
+
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_sub_ps(_mm256_loadu_ps(x + i), vmax);
+        __m256 keep = _mm256_cmp_ps(v, lo_limit, _CMP_GE_OQ);
+        v = _mm256_max_ps(v, lo_limit);
+        __m256 k = _mm256_round_ps(_mm256_mul_ps(v, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256 r = _mm256_fnmadd_ps(k, ln2_hi, v);
+        r = _mm256_fnmadd_ps(k, ln2_lo, r);
+        __m256 p = _mm256_fmadd_ps(c7, r, c6);
+        p = _mm256_fmadd_ps(p, r, c5);
+        p = _mm256_fmadd_ps(p, r, c4);
+        p = _mm256_fmadd_ps(p, r, c3);
+        p = _mm256_fmadd_ps(p, r, c2);
+        p = _mm256_fmadd_ps(p, r, one);
+        p = _mm256_fmadd_ps(p, r, one);
+        __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+        __m256 y = _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), keep);
+        _mm256_storeu_ps(out + i, y);
+        acc = _mm256_add_ps(acc, y);
+        if ((i & 1023) == 1016) {
+            sum += hsum256(acc);
+            acc = _mm256_setzero_ps();
+        }
+    }
+    sum += hsum256(acc);
+    for (; i < n; i++) {
+        out[i] = expf(x[i] - max);
+        sum += out[i];
+    }
+    return sum;
+}
+
+double kvs_simd_exp_sum(const float *x, float max, float *out, uint32_t n)
+{
+    return kvs_simd_avx2() ? exp_sum_avx2(x, max, out, n) : kvs_simd_exp_sum_ref(x, max, out, n);
 }

@@ -7,6 +7,7 @@
 
 #include "kernels/kernel.h"
 #include "kernels/kernel_impl.h"
+#include "kernels/simd.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -436,6 +437,32 @@ START_TEST(append_rejects_nan)
 }
 END_TEST
 
+START_TEST(softmax_exp_matches_expf)
+{
+    enum { N = 1003 };
+    static float x[N], fast[N], ref[N];
+
+    for (int i = 0; i < N; i++)
+        x[i] = (float)(-90.0 * uniform());
+    x[5] = -INFINITY;
+    x[17] = 0.0f;
+    double s_fast = kvs_simd_exp_sum(x, 0.0f, fast, N);
+    double s_ref = kvs_simd_exp_sum_ref(x, 0.0f, ref, N);
+
+    ck_assert_float_eq(fast[5], 0.0f);
+    ck_assert_float_eq(fast[17], 1.0f);
+    for (int i = 0; i < N; i++) {
+        /* Within 4 ulp, or flushed below exp(-87). */
+        if (x[i] >= -87.0f)
+            ck_assert_msg(fabsf(fast[i] - ref[i]) <= 5e-7f * ref[i], "exp(%g): %g vs %g", x[i],
+                          fast[i], ref[i]);
+        else
+            ck_assert_float_le(fast[i], 1.7e-38f);
+    }
+    ck_assert_double_eq_tol(s_fast, s_ref, 1e-6 * s_ref);
+}
+END_TEST
+
 /* ---- costs -------------------------------------------------------------- */
 
 static kvs_kernel_cost_t cost_of(const char *text, uint64_t n)
@@ -520,6 +547,7 @@ int main(void)
     tcase_add_test(tc, params_budget_and_float);
     tcase_add_test(tc, dense_f32_matches_reference);
     tcase_add_test(tc, append_rejects_nan);
+    tcase_add_test(tc, softmax_exp_matches_expf);
     tcase_add_test(tc, cost_dense_bf16_smollm2);
     tcase_add_test(tc, cost_quanto_per_vector);
     tcase_add_test(tc, cost_kivi_three_bits);

@@ -177,12 +177,43 @@ static int logits_codes_channel(kvs_affine_t *a, const float *q, uint32_t group,
     return 0;
 }
 
+/* Fused AVX2 path of logits_codes_token (affine_fused.c). */
+static int logits_fused(kvs_affine_t *a, const float *q, uint32_t group, const uint8_t *attend,
+                        uint32_t n, float *out)
+{
+    uint32_t d = a->cfg.d, gs = a->cfg.group, ng = a->n_groups;
+    size_t per = (size_t)a->nq * ng;
+    float *s = kvs_affine_scratch(a, 2 * per + (size_t)group * ng);
+
+    if (!s)
+        return -1;
+    float *m = s + per, *qsum = m + per;
+    kvs_affine_decode_all_params(a, s, m);
+    for (uint32_t g = 0; g < group; g++) {
+        for (uint32_t k = 0; k < ng; k++) {
+            float sum = 0.0f;
+            for (uint32_t j = k * gs; j < (k + 1) * gs; j++)
+                sum += q[(size_t)g * d + j];
+            qsum[(size_t)g * ng + k] = sum;
+        }
+    }
+    for (uint32_t g0 = 0; g0 < group; g0 += 4) {
+        uint32_t chunk = group - g0 < 4 ? group - g0 : 4;
+        kvs_affine_fused_logits(a, q + (size_t)g0 * d, chunk, qsum + (size_t)g0 * ng, s, m, attend,
+                                n, out + (size_t)g0 * n);
+    }
+    return 0;
+}
+
 void kvs_affine_logits(kvs_affine_t *a, const float *q, uint32_t group, const uint8_t *attend,
                        uint32_t n, float *out)
 {
     int failed = 0;
 
-    if (a->cfg.compressed) {
+    if (a->cfg.compressed && kvs_affine_fused_ok(a)) {
+        failed = logits_fused(a, q, group, attend, n, out);
+        logits_window(a, q, group, attend, n, out);
+    } else if (a->cfg.compressed) {
         failed = a->cfg.axis == KVS_AFFINE_AXIS_TOKEN
                      ? logits_codes_token(a, q, group, attend, n, out)
                      : logits_codes_channel(a, q, group, attend, n, out);
@@ -286,13 +317,53 @@ static int output_codes_channel(kvs_affine_t *a, const float *w, uint32_t group,
     return 0;
 }
 
+/* Fused AVX2 path of output_codes_token (affine_fused.c). */
+static int output_fused(kvs_affine_t *a, const float *w, uint32_t group, const uint8_t *attend,
+                        uint32_t n, float *out)
+{
+    uint32_t d = a->cfg.d, gs = a->cfg.group, ng = a->n_groups;
+    size_t per = (size_t)a->nq * ng;
+    float *s = kvs_affine_scratch(a, (2 + (size_t)group) * per + (size_t)group * ng);
+
+    if (!s)
+        return -1;
+    float *m = s + per, *coef = m + per, *msum = coef + (size_t)group * per;
+    kvs_affine_decode_all_params(a, s, m);
+    for (uint32_t g = 0; g < group; g++) {
+        float *cg = coef + (size_t)g * per;
+        const float *wg = w + (size_t)g * n;
+        for (uint32_t k = 0; k < ng; k++) {
+            /* Four partial sums break the dependency chain of one sum. */
+            float part[4] = {0, 0, 0, 0};
+            for (uint32_t t = 0; t < a->nq; t++) {
+                float wt = attend[t] ? wg[t] : 0.0f;
+                cg[(size_t)t * ng + k] = wt * s[(size_t)t * ng + k];
+                part[t & 3] += wt * m[(size_t)t * ng + k];
+            }
+            msum[(size_t)g * ng + k] = (part[0] + part[1]) + (part[2] + part[3]);
+        }
+    }
+    for (uint32_t g0 = 0; g0 < group; g0 += 4) {
+        uint32_t chunk = group - g0 < 4 ? group - g0 : 4;
+        kvs_affine_fused_output(a, coef + (size_t)g0 * per, chunk, attend, out + (size_t)g0 * d);
+    }
+    for (uint32_t g = 0; g < group; g++) {
+        for (uint32_t j = 0; j < d; j++)
+            out[(size_t)g * d + j] += msum[(size_t)g * ng + j / gs];
+    }
+    return 0;
+}
+
 void kvs_affine_output(kvs_affine_t *a, const float *w, uint32_t group, const uint8_t *attend,
                        uint32_t n, float *out)
 {
     uint32_t d = a->cfg.d;
     int failed = 0;
 
-    if (a->cfg.compressed) {
+    if (a->cfg.compressed && kvs_affine_fused_ok(a)) {
+        failed = output_fused(a, w, group, attend, n, out);
+        output_window(a, w, group, attend, n, out);
+    } else if (a->cfg.compressed) {
         failed = a->cfg.axis == KVS_AFFINE_AXIS_TOKEN
                      ? output_codes_token(a, w, group, attend, n, out)
                      : output_codes_channel(a, w, group, attend, n, out);

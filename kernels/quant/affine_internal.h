@@ -52,4 +52,13 @@ void kvs_affine_decode_pairs(const kvs_affine_t *a, const uint8_t *p, uint32_t c
 /* Scratch of at least n floats in a->qbuf; NULL when out of memory. */
 float *kvs_affine_scratch(kvs_affine_t *a, size_t n);
 
+/* AVX2 kernels of affine_fused.c for per-position groups. */
+int kvs_affine_fused_ok(const kvs_affine_t *a);
+void kvs_affine_decode_all_params(const kvs_affine_t *a, float *s, float *m);
+void kvs_affine_fused_logits(const kvs_affine_t *a, const float *q, uint32_t nq4,
+                             const float *qsum, const float *s, const float *m,
+                             const uint8_t *attend, uint32_t n, float *out);
+void kvs_affine_fused_output(const kvs_affine_t *a, const float *coef, uint32_t nq4,
+                             const uint8_t *attend, float *out);
+
 #endif

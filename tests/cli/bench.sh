@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# kvsim bench on a short trace of the real stories260K model: the table has
+# one row per kernel and context, the JSON parses, bad input is rejected.
+set -euo pipefail
+: "${KVSIM:?set KVSIM to the kvsim binary}"
+model="${KVS_SHARED_DIR:-../shared}/models/stories260K"
+if [ ! -f "$model/model.safetensors" ]; then
+  echo "SKIPPED: $model not found; set KVS_SHARED_DIR to the shared data folder" >&2
+  exit 77
+fi
+tmp="${KVS_TEST_TMP:-/tmp}/bench.$$"
+mkdir -p "$tmp"
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+"$KVSIM" capture --model "$model" --prompt-ids 1,403,407,261,378,432 --max-new-tokens 40 \
+  --no-stop-at-eos -o "$tmp/s.kvt" >/dev/null 2>&1 || fail "capture failed"
+
+out=$("$KVSIM" bench --trace "$tmp/s.kvt" --kernel dense --kernel quanto:bits=4,group=8 \
+  --kernel kivi:bits=2,group=8,residual=16 --context 32,100 --repeats 3 --model-repeats 2)
+for spec in dense quanto:bits=4,group=8 kivi:bits=2,group=8,residual=16; do
+  for n in 32 100; do
+    grep -Eq "^$spec +$n " <<<"$out" || fail "no row for $spec at $n: $out"
+  done
+done
+grep -q "storage-only" <<<"$out" || fail "quanto row not marked storage-only"
+
+json=$("$KVSIM" bench --trace "$tmp/s.kvt" --kernel dense --context 50 --repeats 2 --no-model --json)
+grep -q '"attend_median_us"' <<<"$json" || fail "JSON lacks attend_median_us: $json"
+grep -q '"model_step_ms": null' <<<"$json" || fail "--no-model should leave model_step_ms null"
+
+expect_status() {
+  local want=$1; shift
+  set +e
+  "$@" >/dev/null 2>"$tmp/err"; local rc=$?
+  set -e
+  [ "$rc" -eq "$want" ] || fail "'$*' exited $rc, expected $want: $(cat "$tmp/err")"
+}
+expect_status 2 "$KVSIM" bench --kernel dense
+expect_status 2 "$KVSIM" bench --trace "$tmp/s.kvt"
+expect_status 2 "$KVSIM" bench --trace "$tmp/s.kvt" --kernel dense --context 0
+expect_status 1 "$KVSIM" bench --trace "$tmp/missing.kvt" --kernel dense
+expect_status 1 "$KVSIM" bench --trace "$tmp/s.kvt" --kernel quanto:group=48
+expect_status 2 "$KVSIM" bench --trace "$tmp/s.kvt" --kernel dense --layer 99
+echo "bench.sh: ok"
