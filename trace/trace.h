@@ -130,7 +130,7 @@ kvs_status_e kvs_trace_read(kvs_trace_t *t, kvs_kind_e kind, uint32_t layer, uin
 
 /* Reads every frame and checks checksums, sizes and index consistency. On
 ** failure *bad_offset is the file offset of the first bad byte range (the
-** file size for a truncated file) and the message names it; on success it
+** file size for a truncated file), and the message names it. On success it
 ** is 0. bad_offset may be NULL. */
 kvs_status_e kvs_trace_verify(const char *path, uint64_t *bad_offset);
 

@@ -185,8 +185,8 @@ uint16_t kvs_f32_to_f16(float x)
         return sign | 0x7c00u;
 
     /* Below 2^-14 the result is subnormal with a step of 2^-24. Scaling by
-    ** 2^24 is exact, and lrintf rounds ties to even in the default mode;
-    ** a result of 1024 is the smallest normal pattern, as it should be. */
+    ** 2^24 is exact, and lrintf rounds ties to even in the default mode.
+    ** A result of 1024 is the pattern of the smallest normal, 2^-14. */
     if (u < 0x38800000u)
         return sign | (uint16_t)lrintf(fabsf(x) * 16777216.0f);
 

@@ -60,7 +60,7 @@ typedef struct kvs_trace_header {
 _Static_assert(sizeof(kvs_trace_header_t) == KVS_TRACE_HEADER_BYTES, "trace header is 64 bytes");
 
 /* One index entry per frame. checksum is XXH3-64 of the compressed bytes,
-** so a damaged frame is found before zstd sees it. */
+** so a damaged frame is found before zstd parses it. */
 typedef struct kvs_trace_entry {
     uint8_t kind;           /* kvs_kind_e */
     uint8_t reserved[3];    /* zero */

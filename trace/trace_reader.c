@@ -90,7 +90,7 @@ static kvs_status_e map_file(const char *path, const uint8_t **map, size_t *size
     }
 
     /* NOTE: a file truncated in place while mapped raises SIGBUS on the next
-    ** read of the lost pages; kvsim's own writers replace files by rename,
+    ** read of the lost pages. kvsim's own writers replace files by rename,
     ** which leaves an open mapping intact. */
     void *p = mmap(NULL, *size, PROT_READ, MAP_PRIVATE, fd, 0);
     int e = errno;

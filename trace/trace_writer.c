@@ -320,7 +320,7 @@ kvs_status_e kvs_trace_writer_append(kvs_trace_writer_t *w, kvs_kind_e kind, uin
     return KVS_OK;
 }
 
-/* Checks that every (kind, layer) holds the same positive count. */
+/* Checks that every (kind, layer) has the same positive count. */
 static kvs_status_e check_counts(const kvs_trace_writer_t *w)
 {
     uint32_t expected = w->count[0];

@@ -7,9 +7,9 @@
 ** With a trace, its tensors are the input (read once into memory). Without
 ** one, the input is synthetic: smooth correlated activations with the
 ** shapes of SmolLM2-135M (30 layers, 9 query heads, 3 KV heads, head_dim
-** 64) over 512 positions. The first output line names the input. Speeds are MB/s of F32
-** tensor data (10^6 bytes), best of R runs, one thread; reads come from the
-** page cache because the file was just written.
+** 64) over 512 positions. The first output line names the input. Speeds
+** are MB/s of F32 tensor data (10^6 bytes), best of R runs, one thread.
+** Reads come from the page cache because the file was just written.
 */
 #include "trace/trace.h"
 
