@@ -488,10 +488,13 @@ kvs_status_e kvs_db_begin_run(kvs_db_t *db, const kvs_db_run_info_t *info, int r
     if (rc == KVS_OK && resume)
         rc = find_run(db, info, run_id);
     if (rc == KVS_OK && *run_id) {
-        /* NOTE: a resumed run keeps the code version, host and threads of
+        /* A finished run stays "done": a resume with no units left never
+        ** ends the run again. Any other status returns to "running".
+        ** NOTE: a resumed run keeps the code version, host and threads of
         ** the process that started it. */
-        char sql[160];
-        snprintf(sql, sizeof sql, "UPDATE runs SET status = 'running', finished_at = NULL WHERE id = %lld",
+        char sql[200];
+        snprintf(sql, sizeof sql,
+                 "UPDATE runs SET status = 'running', finished_at = NULL WHERE id = %lld AND status != 'done'",
                  (long long)*run_id);
         rc = kvs_db_exec(db->conn, db->path, sql);
     } else if (rc == KVS_OK) {

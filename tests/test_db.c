@@ -286,14 +286,25 @@ START_TEST(unit_done_and_resume)
 
     ck_assert_int_eq(kvs_db_end_run(db, run, "failed: interrupted"), KVS_OK);
     ck_assert_int_eq(kvs_db_end_run(db, 999, "done"), KVS_ERR_NOT_FOUND);
-    kvs_db_close(db);
 
     sqlite3 *conn = raw_open(path);
     ck_assert_int_eq(raw_int(conn, "SELECT COUNT(*) FROM runs WHERE status = 'failed: interrupted' AND "
                                    "finished_at IS NOT NULL"),
                      1);
     ck_assert_int_eq(raw_int(conn, "SELECT COUNT(*) FROM runs WHERE status = 'running'"), 1);
+    ck_assert_int_eq(raw_int(conn, "SELECT id FROM runs WHERE status = 'running'"), fresh);
+
+    /* Resume takes the latest matching run. A failed run becomes running
+    ** again; a finished run stays done, because a replay with nothing left
+    ** to do does not end it again. */
+    ck_assert_int_eq(kvs_db_end_run(db, fresh, "failed: disk full"), KVS_OK);
+    ck_assert_int_eq(fx_begin(db, traces, 2, 1), fresh);
+    ck_assert_int_eq(raw_int(conn, "SELECT COUNT(*) FROM runs WHERE status = 'running' AND finished_at IS NULL"), 1);
+    ck_assert_int_eq(kvs_db_end_run(db, fresh, "done"), KVS_OK);
+    ck_assert_int_eq(fx_begin(db, traces, 2, 1), fresh);
+    ck_assert_int_eq(raw_int(conn, "SELECT COUNT(*) FROM runs WHERE status = 'done' AND finished_at IS NOT NULL"), 1);
     sqlite3_close(conn);
+    kvs_db_close(db);
     free(path);
 }
 END_TEST
