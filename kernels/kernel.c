@@ -5,7 +5,7 @@
 **
 ** Spec resolution:
 **   1. split the text at '/' into parts NAME[:PARAMS];
-**   2. a preset part expands into its codec parts; the preset's parameters
+**   2. a preset part expands into its codec parts. The preset's parameters
 **      (user values, else the preset's defaults) override the expansion's
 **      fixed parameters in every part that declares them;
 **   3. a policy part becomes the policy (at most one);
@@ -663,9 +663,9 @@ uint64_t kvs_kernel_stored_bytes(const kvs_kernel_t *k)
         uint64_t resident = 0;
         for (uint32_t t = 0; t < k->n; t++)
             resident += k->keep[t];
-        /* NOTE: codecs keep evicted positions in memory, because the
-        ** simulator never frees codec rows; an implementation that frees
-        ** them stores the resident share, which is what is reported. */
+        /* NOTE: codecs keep evicted positions in memory because the
+        ** simulator never frees codec rows. A real cache frees them, so the
+        ** resident share is reported. */
         if (k->n)
             codec = (uint64_t)((double)codec * (double)resident / (double)k->n + 0.5);
         policy = k->spec->policy->stored_bytes(k->policy_state);

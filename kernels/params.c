@@ -92,7 +92,8 @@ static void list_names(const kvs_param_doc_t *docs, char *buf, size_t cap)
         snprintf(buf, cap, "none");
 }
 
-/* What a parameter accepts, for error messages: "integer 1 to 8". */
+/* Writes the values a parameter accepts, for error messages ("an integer
+** from 1 to 8"). */
 static void describe_accepted(const kvs_param_doc_t *d, char *buf, size_t cap)
 {
     switch (d->type) {

@@ -32,7 +32,7 @@ void kvs_simd_dot_rows_f32(const float *q, uint32_t g, const float *x, uint32_t 
 /* out[i] = exp(x[i] - max) for x[i] <= max, 0 for x[i] = -infinity, and
 ** returns the sum of out. The vector path evaluates exp by range reduction
 ** to [-ln2/2, ln2/2] and a degree-7 Taylor polynomial, within about 2 ulp
-** of expf; results below exp(-87) are flushed to 0. */
+** of expf. It flushes results below exp(-87) to 0. */
 double kvs_simd_exp_sum(const float *x, float max, float *out, uint32_t n);
 double kvs_simd_exp_sum_ref(const float *x, float max, float *out, uint32_t n);
 

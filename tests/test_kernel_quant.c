@@ -46,9 +46,9 @@ static float normal(void)
     return (float)(sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v));
 }
 
-/* Key-like rows: a few channels carry large offsets and scales, as real
-** keys do, so per-channel and per-token grouping differ; plus Student-t
-** like heavy tails from a ratio of normals. */
+/* Key-like rows. A few channels carry large offsets and scales, as real
+** keys do, so per-channel and per-token grouping differ, and 1% of values
+** are scaled by 8 to give heavy tails. */
 static void fill_rows(float *x, uint32_t n, uint32_t d, int heavy)
 {
     for (uint32_t t = 0; t < n; t++) {

@@ -9,7 +9,7 @@
 ** flush mode moves positions out of it:
 **
 **   sliding  the window keeps the last `residual` positions; each append
-**            quantizes the oldest one once it holds more (KIVI values);
+**            quantizes the oldest one once it has more (KIVI values);
 **            end_prefill quantizes all but the last `residual`.
 **   block    when the window reaches `residual` positions they are
 **            quantized together (KIVI keys, per-channel blocks);
@@ -95,10 +95,11 @@ uint32_t kvs_affine_n_quantized(const kvs_affine_t *a);
 uint32_t kvs_affine_window_len(const kvs_affine_t *a);
 /* Number of whole-cache re-quantizations so far (requant flush). */
 uint64_t kvs_affine_n_requant(const kvs_affine_t *a);
-/* Position t as attention sees it (decoded codes, or the window row). */
+/* Writes position t as attention uses it (decoded codes, or the window
+** row). */
 void kvs_affine_decode_token(const kvs_affine_t *a, uint32_t t, float *out);
-/* Step s of the group that holds element j of position t (0 for a window
-** position). */
+/* Step s of the group that contains element j of position t (0 for a
+** window position). */
 float kvs_affine_step(const kvs_affine_t *a, uint32_t t, uint32_t j);
 
 #endif

@@ -1,11 +1,11 @@
 /*
 ** affine_fused.c: AVX2/FMA compressed-execution kernels for per-position
 ** groups (axis token), the layout of quanto, HQQ and KIVI values. They
-** compute exactly what affine_attend.c's generic path computes, with the
-** codes unpacked in registers, the parameters of all positions decoded in
-** one pass, and the output accumulated in registers over all positions of
-** a 16-channel block, so no code row or output row goes through memory per
-** position.
+** compute what affine_attend.c's generic path computes. Codes are unpacked
+** in registers and the parameters of all positions are decoded in one pass.
+** The output is accumulated in registers over all positions, 8 bytes of
+** each row at a time, so no decoded row or output row goes through memory
+** per position.
 **
 ** Preconditions (kvs_affine_fused_ok): planar codes (1, 2, 4 or 8 bits),
 ** packed rows a multiple of 8 bytes, and groups a multiple of 8 channels.
@@ -97,8 +97,13 @@ __attribute__((target("avx2,fma"))) static void logits_one_group(
                     acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(qj + (size_t)g * d), u, acc[g]);
             }
         }
+        /* One horizontal reduction for all four accumulators. */
+        __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+        __m128 dots = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        float dot[4];
+        _mm_storeu_ps(dot, dots);
         for (uint32_t g = 0; g < nq4; g++)
-            out[(size_t)g * n + t] = s[t] * hsum(acc[g]) + m[t] * qsum[g];
+            out[(size_t)g * n + t] = s[t] * dot[g] + m[t] * qsum[g];
     }
 }
 
@@ -136,11 +141,10 @@ __attribute__((target("avx2,fma"))) void kvs_affine_fused_logits(
     }
 }
 
-/* Output of up to four queries: coef (nq4, nq_tokens * ng) holds w_gt s_tk
-** (zero where t is not attended); out rows of d are overwritten with
-** sum_t coef * u_t. Each pass takes 8 bytes of every row, which hold 8
-** channels of each bit field, and accumulates those channels of every
-** query in registers over all positions. */
+/* Writes the output of up to four queries, sum_t coef * u_t, over the rows
+** of out. coef (nq4, nq_tokens * ng) contains w_gt s_tk, zero where t is
+** not attended. Each pass takes 8 bytes of every row, which contain 8
+** channels of each bit field, and accumulates them in registers. */
 __attribute__((target("avx2,fma"))) void kvs_affine_fused_output(const kvs_affine_t *a,
                                                                  const float *coef, uint32_t nq4,
                                                                  const uint8_t *attend,

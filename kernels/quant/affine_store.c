@@ -227,7 +227,7 @@ static kvs_status_e flush_oldest(kvs_affine_t *a, uint32_t k)
 
 /* Dequantizes everything, joins the window and quantizes all of it again.
 ** Hugging Face dequantizes into the model dtype before re-quantizing, so
-** the decoded values are rounded to the window format first; with F32
+** the decoded values are rounded to the window format first. With F32
 ** decoding, per-position groups would reproduce the same codes exactly. */
 static kvs_status_e requantize_all(kvs_affine_t *a)
 {

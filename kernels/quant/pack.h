@@ -5,8 +5,8 @@
 ** Widths that divide 8 (1, 2, 4, 8 bits) use a planar layout so that SIMD
 ** code unpacks whole registers without shuffles: a row of d codes takes
 ** nb = ceil(d * bits / 8) bytes, and code i sits in byte i % nb at bit
-** offset bits * (i / nb). At 4 bits and d = 64, byte j holds codes j (low
-** nibble) and j + 32 (high nibble). Other widths (3 bits) are a plain
+** offset bits * (i / nb). At 4 bits and d = 64, byte j contains codes j
+** (low nibble) and j + 32 (high nibble). Other widths (3 bits) are a plain
 ** little-endian bit stream: code i occupies bits [bits*i, bits*(i+1)).
 ** Either way a row takes exactly ceil(d * bits / 8) bytes.
 */

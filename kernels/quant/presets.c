@@ -8,10 +8,11 @@
 ** residual_length - 1 positions wait in BF16; then the whole cache is
 ** dequantized and quantized again.
 **
-** KIVI follows jy-yuan/KIVI (arXiv 2402.02750): keys per channel in blocks
-** of `residual` positions with groups of `group` positions, values per
-** position with groups of `group` channels and a sliding full-precision
-** window of `residual` positions; steps, offsets and windows in F16.
+** KIVI follows jy-yuan/KIVI (arXiv 2402.02750). Keys are quantized per
+** channel in blocks of `residual` positions with groups of `group`
+** positions. Values are quantized per position in groups of `group`
+** channels, with a sliding full-precision window of `residual` positions.
+** Steps, offsets and windows are F16.
 */
 #include "../kernel_impl.h"
 
