@@ -56,9 +56,10 @@ typedef struct kvs_db_run_info {
     uint64_t read_bytes_per_step;
 } kvs_db_run_info_t;
 
-/* Starts a run. With resume set, an unfinished or finished run of the same
-** trace, spec, parameters and evaluation mode is reused and *run_id points
-** at it; otherwise a new run row is inserted. */
+/* Starts a run. With resume set, the latest run of the same trace, spec,
+** parameters and evaluation mode is reused and *run_id points at it. A
+** "done" run keeps its status, and any other becomes "running". Without
+** resume, or when there is no such run, a new run row is inserted. */
 kvs_status_e kvs_db_begin_run(kvs_db_t *db, const kvs_db_run_info_t *info, int resume, int64_t *run_id);
 
 /* Sets *done to 1 when the unit (run, layer, kv_head) is already committed. */
