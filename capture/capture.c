@@ -11,7 +11,8 @@
 ** capture_time (UTC ISO 8601), model (folder name), model_path, synthetic,
 ** weight_dtype, model_config (the config.json fields the forward pass
 ** uses), dtype (trace storage), tokenizer (when tokenizer.json exists),
-** prompt_ids, generated_ids, n_prompt, n_generated, n_positions,
+** prompt_ids, generated_ids, generated_text (when tokenizer.json loads),
+** n_prompt, n_generated, n_positions,
 ** prompt_text / rendered_prompt / chat_template (when given), sampling
 ** {greedy, temperature, top_p, seed, prng}, eos_id, eos_ids, stop_at_eos,
 ** stopped_at_eos, threads, prefill_seconds, decode_seconds.
@@ -22,6 +23,7 @@
 #include "model.h"
 #include "pool.h"
 #include "sample.h"
+#include "tokenizer.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -94,6 +96,56 @@ static json_t *config_json(const kvs_model_config_t *c)
                      "eos_token_id", eos);
 }
 
+/* NUL would make the metadata unreadable for JSON parsers that reject
+** \u0000, such as jansson by default, so it becomes U+FFFD. */
+static json_t *json_string_without_nul(const char *text, size_t len)
+{
+    size_t n_nul = 0, o = 0;
+    char *clean;
+    json_t *value;
+
+    for (size_t i = 0; i < len; i++)
+        n_nul += text[i] == '\0';
+    clean = malloc(len + 2 * n_nul + 1);
+    if (!clean)
+        return NULL;
+    for (size_t i = 0; i < len; i++) {
+        if (text[i] == '\0') {
+            memcpy(clean + o, "\xEF\xBF\xBD", 3);
+            o += 3;
+        } else
+            clean[o++] = text[i];
+    }
+    value = json_stringn(clean, o);
+    free(clean);
+    return value;
+}
+
+/* Decodes the generated ids with the folder's tokenizer, or returns NULL
+** (after logging why) when it does not load: the ids stay in the trace, so
+** a tokenizer kvsim cannot read must not fail the capture. */
+static json_t *generated_text_json(const char *model_dir, const int32_t *ids, uint32_t n)
+{
+    kvs_tokenizer_t *tok;
+    char *text;
+    size_t len;
+    json_t *value;
+
+    if (kvs_tokenizer_load(model_dir, &tok) != KVS_OK) {
+        KVS_LOG(KVS_LOG_INFO, "the trace gets no generated_text: %s", kvs_error_message());
+        return NULL;
+    }
+    if (kvs_tokenizer_decode(tok, ids, n, 0, &text, &len) != KVS_OK) {
+        KVS_LOG(KVS_LOG_INFO, "the trace gets no generated_text: %s", kvs_error_message());
+        kvs_tokenizer_free(tok);
+        return NULL;
+    }
+    kvs_tokenizer_free(tok);
+    value = json_string_without_nul(text, len);
+    free(text);
+    return value;
+}
+
 typedef struct run_info {
     const kvs_capture_opts_t *opts;
     const kvs_model_t *model;
@@ -132,6 +184,13 @@ static char *metadata_text(const run_info_t *info)
                             json_sprintf("%s/tokenizer.json", kvs_model_name(info->model)));
     json_object_set_new(root, "prompt_ids", ids_json(o->prompt_ids, o->n_prompt));
     json_object_set_new(root, "generated_ids", ids_json(info->generated, info->n_generated));
+    if (stat(tok_path, &st) == 0) {
+        json_t *generated_text = generated_text_json(kvs_model_dir(info->model), info->generated,
+                                                     info->n_generated);
+
+        if (generated_text)
+            json_object_set_new(root, "generated_text", generated_text);
+    }
     json_object_set_new(root, "n_prompt", json_integer(o->n_prompt));
     json_object_set_new(root, "n_generated", json_integer(info->n_generated));
     json_object_set_new(root, "n_positions", json_integer(o->n_prompt + info->n_generated));

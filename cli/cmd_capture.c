@@ -2,6 +2,8 @@
 #include "cli.h"
 
 #include "../capture/capture.h"
+#include "../capture/tokenizer.h"
+#include "../common/fsutil.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -10,6 +12,8 @@
 
 static const char usage_text[] =
     "usage: kvsim capture --model DIR --prompt-ids ID,ID,... --max-new-tokens N -o FILE.kvt\n"
+    "       kvsim capture --model DIR (--prompt TEXT | --prompt-file FILE) [--chat [--system TEXT]]\n"
+    "                     --max-new-tokens N -o FILE.kvt\n"
     "                     [--temperature T] [--top-p P] [--seed S] [--dtype f32|f16|bf16]\n"
     "                     [--no-stop-at-eos]\n"
     "\n"
@@ -21,6 +25,12 @@ static const char usage_text[] =
     "\n"
     "  --model DIR          model folder ('kvsim model synth' makes a synthetic one)\n"
     "  --prompt-ids LIST    comma-separated token ids, each below the vocabulary size\n"
+    "  --prompt TEXT        prompt text, encoded with DIR/tokenizer.json; the\n"
+    "                       post-processor runs, so Llama 2 models get BOS\n"
+    "  --prompt-file FILE   read the prompt text from FILE (UTF-8)\n"
+    "  --chat               send the prompt as a user turn in SmolLM2-Instruct's\n"
+    "                       ChatML format, ending with the assistant prompt\n"
+    "  --system TEXT        system message for --chat (default: SmolLM2's own)\n"
     "  --max-new-tokens N   tokens to generate after the prompt (0 records the prompt only)\n"
     "  -o, --out FILE       trace file to write (written under a temporary name first)\n"
     "  --temperature T      sampling temperature, 0 (default) picks the most likely token\n"
@@ -35,22 +45,74 @@ static const char usage_text[] =
 typedef struct text_prompt {
     const char *prompt;
     const char *prompt_file;
-    const char *chat;
+    int chat;
     const char *system;
+    char *file_text;   /* owned: contents of prompt_file */
+    char *rendered;    /* owned: the chat conversation as text */
 } text_prompt_t;
+
+static kvs_status_e read_prompt_file(text_prompt_t *text)
+{
+    size_t len;
+    const char *nul;
+
+    KVS_FORWARD(kvs_read_file(text->prompt_file, &text->file_text, &len));
+    nul = memchr(text->file_text, '\0', len);
+    KVS_RETURN_IF(nul, KVS_ERR_INVALID,
+                  "prompt file %s has a NUL byte at offset %zu; a prompt must be text",
+                  text->prompt_file, (size_t)(nul - text->file_text));
+    text->prompt = text->file_text;
+    return KVS_OK;
+}
 
 /* Turns a text prompt into token ids with the model's tokenizer.json and
 ** fills the prompt_text, rendered_prompt and chat_template fields of opts.
-** TODO: tokenization is not wired in yet; text prompts are rejected until
-** the tokenizer module provides it. */
-static kvs_status_e prompt_from_text(const text_prompt_t *text, kvs_capture_opts_t *opts,
+** Plain text goes through the post-processor, as Hugging Face tokenizers
+** encode by default. A chat conversation does not, because the template
+** text already contains every special token. */
+static kvs_status_e prompt_from_text(text_prompt_t *text, kvs_capture_opts_t *opts,
                                      int32_t **ids, uint32_t *n_ids)
 {
-    (void)text;
-    (void)opts;
+    kvs_tokenizer_t *tok;
+    const char *encoded;
+    int32_t *out = NULL;
+    size_t n = 0;
+    kvs_status_e rc = KVS_OK;
+
     *ids = NULL;
     *n_ids = 0;
-    return kvs_fail(KVS_ERR_USAGE, "text prompts are not supported yet; pass --prompt-ids");
+    if (text->prompt_file)
+        KVS_FORWARD(read_prompt_file(text));
+    KVS_FORWARD(kvs_tokenizer_load(opts->model_dir, &tok));
+
+    encoded = text->prompt;
+    if (text->chat) {
+        kvs_chat_message_t messages[2];
+        size_t n_messages = 0;
+
+        if (text->system)
+            messages[n_messages++] = (kvs_chat_message_t){"system", text->system};
+        messages[n_messages++] = (kvs_chat_message_t){"user", text->prompt};
+        rc = kvs_tokenizer_render_chat(tok, messages, n_messages, 1, &text->rendered,
+                                       &opts->chat_template);
+        encoded = text->rendered;
+    }
+    if (rc == KVS_OK)
+        rc = kvs_tokenizer_encode(tok, encoded, strlen(encoded), !text->chat, &out, &n);
+    kvs_tokenizer_free(tok);
+    KVS_FORWARD(rc);
+    if (n == 0 || n > UINT32_MAX) {
+        free(out);
+        return kvs_fail(KVS_ERR_USAGE, "the prompt text encodes to %zu tokens; give a prompt "
+                                       "of at least one token",
+                        n);
+    }
+
+    opts->prompt_text = text->prompt;
+    opts->rendered_prompt = text->rendered;
+    *ids = out;
+    *n_ids = (uint32_t)n;
+    return KVS_OK;
 }
 
 static kvs_status_e parse_ids(const char *text, int32_t **out, uint32_t *n_out)
@@ -84,9 +146,11 @@ static kvs_status_e parse_ids(const char *text, int32_t **out, uint32_t *n_out)
     return KVS_OK;
 }
 
-static int finish(const char *cmd, kvs_status_e rc, int32_t *ids)
+static int finish(const char *cmd, kvs_status_e rc, int32_t *ids, text_prompt_t *text)
 {
     free(ids);
+    free(text->file_text);
+    free(text->rendered);
     return kvs_cli_report_error(cmd, rc);
 }
 
@@ -117,6 +181,10 @@ int kvs_cmd_capture(int argc, char **argv)
             opts.stop_at_eos = 0;
             continue;
         }
+        if (!strcmp(arg, "--chat")) {
+            text.chat = 1;
+            continue;
+        }
         if (!strcmp(arg, "--model"))
             value = &opts.model_dir;
         else if (!strcmp(arg, "--prompt-ids"))
@@ -137,8 +205,6 @@ int kvs_cmd_capture(int argc, char **argv)
             value = &text.prompt;
         else if (!strcmp(arg, "--prompt-file"))
             value = &text.prompt_file;
-        else if (!strcmp(arg, "--chat"))
-            value = &text.chat;
         else if (!strcmp(arg, "--system"))
             value = &text.system;
         else
@@ -179,24 +245,27 @@ int kvs_cmd_capture(int argc, char **argv)
     if ((rc = kvs_cli_parse_u32("--max-new-tokens", max_new, 0, 1u << 20, &opts.max_new_tokens)) !=
         KVS_OK)
         return kvs_cli_report_error(cmd, rc);
-    int has_text = text.prompt || text.prompt_file || text.chat;
+    int has_text = text.prompt || text.prompt_file;
     if (!ids_text && !has_text)
-        return kvs_cli_usage_error(cmd, "give the prompt with --prompt-ids");
-    if (ids_text && has_text)
+        return kvs_cli_usage_error(cmd, "give the prompt with --prompt, --prompt-file or "
+                                        "--prompt-ids");
+    if (ids_text && (has_text || text.chat))
         return kvs_cli_usage_error(cmd, "--prompt-ids cannot be combined with a text prompt");
+    if (text.prompt && text.prompt_file)
+        return kvs_cli_usage_error(cmd, "give either --prompt or --prompt-file, not both");
     if (text.system && !text.chat)
         return kvs_cli_usage_error(cmd, "--system needs --chat");
 
     rc = ids_text ? parse_ids(ids_text, &ids, &n_ids) : prompt_from_text(&text, &opts, &ids, &n_ids);
     if (rc != KVS_OK)
-        return finish(cmd, rc, ids);
+        return finish(cmd, rc, ids, &text);
     opts.prompt_ids = ids;
     opts.n_prompt = n_ids;
 
     kvs_capture_result_t result;
     rc = kvs_capture_run(&opts, &result);
     if (rc != KVS_OK)
-        return finish(cmd, rc, ids);
+        return finish(cmd, rc, ids, &text);
 
     uint32_t n_pos = n_ids + result.n_generated;
     printf("captured %u positions (%u prompt + %u generated)%s\n", n_pos, n_ids,
@@ -208,5 +277,7 @@ int kvs_cmd_capture(int argc, char **argv)
            result.decode_seconds > 0 ? result.n_generated / result.decode_seconds : 0.0);
     printf("trace:   %s\n", opts.out_path);
     free(ids);
+    free(text.file_text);
+    free(text.rendered);
     return KVS_EXIT_OK;
 }

@@ -49,7 +49,7 @@ expect 2 "--temperature" capture --model "$model" --prompt-ids 1 --max-new-token
 expect 2 "--top-p" capture --model "$model" --prompt-ids 1 --max-new-tokens 2 --top-p 0 -o "$bad"
 expect 2 "--seed" capture --model "$model" --prompt-ids 1 --max-new-tokens 2 --seed x -o "$bad"
 expect 2 "--max-new-tokens" capture --model "$model" --prompt-ids 1 --max-new-tokens -3 -o "$bad"
-expect 2 "text prompts" capture --model "$model" --prompt "Once" --max-new-tokens 2 -o "$bad"
+expect 2 "combined with a text prompt" capture --model "$model" --prompt "Once" --prompt-ids 1 --max-new-tokens 2 -o "$bad"
 expect 1 "token id 512" capture --model "$model" --prompt-ids 1,512 --max-new-tokens 2 -o "$bad"
 expect 1 "not found" capture --model "$tmp/no-such-model" --prompt-ids 1 --max-new-tokens 2 -o "$bad"
 

@@ -2,11 +2,13 @@
 ** tokenizer.json loading.
 **
 ** The first input byte selects what the rest is:
+**
 **   0..127    text to encode with every loaded tokenizer, then decode
 **   128..191  token ids (little-endian uint16 each) to decode
 **   192..255  a tokenizer.json document to load, then use
-** The real SmolLM2 and stories260K tokenizers are used when KVS_SHARED_DIR
-** has them; a small tokenizer built in here is always used. */
+**
+** A small tokenizer built in here is always used. The real SmolLM2 and
+** stories260K tokenizers are used too when KVS_SHARED_DIR has them. */
 #include "capture/tokenizer.h"
 
 #include <stdint.h>
