@@ -1,8 +1,8 @@
 /*
 ** metrics.c: per-step comparison of approximate with exact attention.
 **
-** Accumulates in double. Per-step values go into running sums; the output
-** error of every step is kept so that p50 and p95 can be exact.
+** Accumulates in double. Per-step values go into running sums, and the
+** output error of every step is kept so that p50 and p95 are exact.
 */
 #include "metrics.h"
 
@@ -57,8 +57,8 @@ void kvs_metrics_acc_destroy(kvs_metrics_acc_t *acc)
 }
 
 /* Writes the indices of the k largest values of x (k <= n) to idx, largest
-** first; ties go to the lower index so results are deterministic.
-** Insertion into a sorted list of k: O(n k), cheap for k <= 32. */
+** first. Ties go to the lower index so results are deterministic.
+** Insertion into a sorted list of k costs O(n k), cheap for k <= 32. */
 static uint32_t top_indices(const float *x, uint32_t n, uint32_t k, uint32_t *idx)
 {
     uint32_t len = 0;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# kvsim demo end to end on the real stories260K model: the three output
-# files exist, the report references its figures, the database holds every
-# demo kernel, and the model is found through --model, KVSIM_MODEL and the
+# kvsim demo end to end on the real stories260K model. The three output
+# files exist, the report references its figures and the database holds
+# every demo kernel. The model is found through --model, KVSIM_MODEL and the
 # Hugging Face hub cache layout.
 set -euo pipefail
 : "${KVSIM:?set KVSIM to the kvsim binary}"
