@@ -5,6 +5,7 @@
 #include "cli.h"
 
 #include "capture/capture.h"
+#include "capture/tokenizer.h"
 #include "common/fsutil.h"
 #include "reports/report.h"
 #include "sim/replay.h"
@@ -20,8 +21,8 @@
 #include <unistd.h>
 
 static const char usage[] =
-    "usage: kvsim demo [--model DIR] [-o DIR] [--prompt-len N] [--new-tokens N]\n"
-    "                  [--threads N] [--quiet]\n"
+    "usage: kvsim demo [--model DIR] [-o DIR] [--prompt TEXT | --prompt-len N]\n"
+    "                  [--new-tokens N] [--threads N] [--quiet]\n"
     "\n"
     "Captures a trace, replays every built-in kernel over it and writes a report:\n"
     "DIR/trace.kvt, DIR/results.db and DIR/report/index.html (DIR defaults to\n"
@@ -32,9 +33,15 @@ static const char usage[] =
     "~/.cache/huggingface/hub), else a synthetic SmolLM2-135M with random\n"
     "weights, generated into DIR and labelled synthetic everywhere.\n"
     "\n"
-    "  --prompt-len N   prompt positions (default: 2048 for SmolLM2-sized models,\n"
-    "                   else a quarter of the model's context)\n"
-    "  --new-tokens N   generated positions (default 128)\n"
+    "The prompt is --prompt TEXT, tokenized with the folder's tokenizer.json;\n"
+    "else, for models smaller than SmolLM2 with a tokenizer, the opening line of\n"
+    "a children's story; else --prompt-len token ids from a fixed-seed generator.\n"
+    "\n"
+    "  --prompt TEXT    prompt text (needs tokenizer.json in the model folder)\n"
+    "  --prompt-len N   length of the generated-id prompt (default: 2048 for\n"
+    "                   SmolLM2-sized models, else a quarter of the context)\n"
+    "  --new-tokens N   generated positions (default: 128 for SmolLM2-sized\n"
+    "                   models, else 256)\n"
     "  --threads N      replay threads (default: all cores)\n";
 
 /* Kernels the demo replays: the reference and dense formats, the quantized
@@ -88,9 +95,14 @@ static kvs_status_e demo_specs(uint32_t head_dim, char **specs)
     return KVS_OK;
 }
 
+/* Prompt of small real models: generation from it runs long enough for the
+** quanto residual (127 positions) to fill and be re-quantized. */
+static const char story_prompt[] = "Once upon a time, there was a little girl named Lily.";
+
 typedef struct demo_opts {
     const char *model;
     const char *out_dir;
+    const char *prompt;
     uint32_t prompt_len, new_tokens, threads;
     int quiet;
 } demo_opts_t;
@@ -215,6 +227,33 @@ static kvs_status_e make_prompt(uint32_t n, uint32_t vocab, int32_t bos, int32_t
     return KVS_OK;
 }
 
+/* Tokenizes text with the model folder's tokenizer, BOS added as the
+** tokenizer's post-processor does. */
+static kvs_status_e tokenize_prompt(const char *model_dir, const char *text, int32_t **ids,
+                                    uint32_t *n)
+{
+    kvs_tokenizer_t *tok;
+    size_t count = 0;
+    kvs_status_e rc;
+
+    KVS_FORWARD(kvs_tokenizer_load(model_dir, &tok));
+    rc = kvs_tokenizer_encode(tok, text, strlen(text), 1, ids, &count);
+    kvs_tokenizer_free(tok);
+    KVS_FORWARD(rc);
+    KVS_RETURN_IF(count == 0, KVS_ERR_USAGE, "--prompt '%s' encodes to no tokens", text);
+    *n = (uint32_t)count;
+    return KVS_OK;
+}
+
+static int has_tokenizer(const char *dir)
+{
+    char path[4200];
+    struct stat st;
+
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    return stat(path, &st) == 0;
+}
+
 static void remove_db(const char *db_path)
 {
     char path[4200];
@@ -255,22 +294,33 @@ static kvs_status_e run_demo(const demo_opts_t *o)
     rc = read_config(model_dir, &vocab, &context, &bos, &hidden, &head_dim);
     if (rc == KVS_OK)
         rc = demo_specs(head_dim, specs);
-    uint32_t prompt_len = o->prompt_len, new_tokens = o->new_tokens;
-    if (rc == KVS_OK && prompt_len == 0)
-        prompt_len = hidden >= 512 ? 2048 : context / 4;
-    if (rc == KVS_OK && prompt_len + new_tokens > context)
-        rc = kvs_fail(KVS_ERR_USAGE, "--prompt-len %u plus --new-tokens %u exceeds the model's context "
-                                     "of %u positions", prompt_len, new_tokens, context);
-    if (rc == KVS_OK)
-        rc = make_prompt(prompt_len ? prompt_len : 1, vocab, bos, &ids);
+
+    /* The prompt: given text, a story line for small real models, or ids. */
+    int smollm2_sized = hidden >= 512;
+    const char *prompt_text = o->prompt;
+    if (!prompt_text && !o->prompt_len && !smollm2_sized && !synthetic && has_tokenizer(model_dir))
+        prompt_text = story_prompt;
+    uint32_t n_prompt = 0, new_tokens = o->new_tokens;
+    if (new_tokens == 0)
+        new_tokens = smollm2_sized ? 128 : 256;
+    if (rc == KVS_OK && prompt_text) {
+        rc = tokenize_prompt(model_dir, prompt_text, &ids, &n_prompt);
+    } else if (rc == KVS_OK) {
+        n_prompt = o->prompt_len ? o->prompt_len : (smollm2_sized ? 2048 : context / 4);
+        rc = make_prompt(n_prompt, vocab, bos, &ids);
+    }
+    if (rc == KVS_OK && n_prompt + new_tokens > context)
+        rc = kvs_fail(KVS_ERR_USAGE, "a prompt of %u positions plus --new-tokens %u exceeds the model's "
+                                     "context of %u positions", n_prompt, new_tokens, context);
 
     /* Stage 1: capture. */
     t0 = now_seconds();
     if (rc == KVS_OK) {
         kvs_capture_opts_t copts = {
-            .model_dir = model_dir, .prompt_ids = ids, .n_prompt = prompt_len ? prompt_len : 1,
+            .model_dir = model_dir, .prompt_ids = ids, .n_prompt = n_prompt,
             .max_new_tokens = new_tokens, .temperature = 0, .top_p = 1, .seed = 1,
             .dtype = KVS_DTYPE_F32, .stop_at_eos = 0, .out_path = trace_path,
+            .prompt_text = prompt_text,
         };
         kvs_capture_result_t cres;
         if (!o->quiet)
@@ -317,11 +367,12 @@ int kvs_cmd_demo(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"model", required_argument, NULL, 'm'},      {"output", required_argument, NULL, 'o'},
+        {"prompt", required_argument, NULL, 'P'},
         {"prompt-len", required_argument, NULL, 'p'}, {"new-tokens", required_argument, NULL, 'n'},
         {"threads", required_argument, NULL, 'j'},    {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},             {NULL, 0, NULL, 0},
     };
-    demo_opts_t o = {.out_dir = "demo-out", .new_tokens = 128};
+    demo_opts_t o = {.out_dir = "demo-out"};
     kvs_status_e rc = KVS_OK;
     int c;
 
@@ -331,6 +382,7 @@ int kvs_cmd_demo(int argc, char **argv)
         switch (c) {
         case 'm': o.model = optarg; break;
         case 'o': o.out_dir = optarg; break;
+        case 'P': o.prompt = optarg; break;
         case 'p': rc = kvs_cli_parse_u32("--prompt-len", optarg, 1, 1u << 20, &o.prompt_len); break;
         case 'n': rc = kvs_cli_parse_u32("--new-tokens", optarg, 1, 1u << 20, &o.new_tokens); break;
         case 'j': rc = kvs_cli_parse_u32("--threads", optarg, 1, 1024, &o.threads); break;
@@ -343,6 +395,8 @@ int kvs_cmd_demo(int argc, char **argv)
         return kvs_cli_report_error(argv[0], rc);
     if (optind < argc)
         return kvs_cli_usage_error(argv[0], "unexpected argument '%s'", argv[optind]);
+    if (o.prompt && o.prompt_len)
+        return kvs_cli_usage_error(argv[0], "--prompt and --prompt-len exclude each other");
 
     rc = run_demo(&o);
     return rc == KVS_OK ? KVS_EXIT_OK : kvs_cli_report_error(argv[0], rc);
