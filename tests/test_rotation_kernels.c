@@ -163,6 +163,63 @@ START_TEST(bad_specs_fail_with_message)
 }
 END_TEST
 
+START_TEST(key_window_is_exact_inside)
+{
+    static run_result_t win, full;
+    const uint32_t n = N_PROMPT + N_DECODE;
+    kvs_kernel_spec_t *spec;
+    kvs_kernel_t *kernel;
+    kvs_kernel_dims_t dims = {D, GROUP, 2, 2, 1, 0, 99};
+    float x[D] = {1.0f};
+
+    /* Sinks and the recent window match the exact keys; the middle
+    ** differs, because it is coded at 2 bits. */
+    run_spec("window:sinks=4,recent=16,inner=turboquant-mse,bits=2/dense", &win);
+    run_spec("dense/dense", &full);
+    for (uint32_t g = 0; g < GROUP; g++) {
+        double mid_err = 0.0;
+
+        for (uint32_t t = 0; t < n; t++) {
+            float a = win.logits[g * n + t], b = full.logits[g * n + t];
+
+            if (t < 4 || t >= n - 16)
+                ck_assert_float_eq_tol(a, b, 1e-4f * (1.0f + fabsf(b)));
+            else
+                mid_err += fabs(a - b);
+        }
+        ck_assert_double_gt(mid_err, 1.0);
+    }
+
+    /* lowrank has no key path, which the first key append reports. */
+    ck_assert_int_eq(kvs_kernel_spec_parse("window:inner=lowrank,rank=8/dense", &spec), KVS_OK);
+    ck_assert_int_eq(kvs_kernel_create(spec, &dims, &kernel), KVS_OK);
+    ck_assert_int_eq(kvs_kernel_append(kernel, x, x, x), KVS_ERR_KERNEL_SPEC);
+    ck_assert_ptr_nonnull(strstr(kvs_error_message(), "no key path"));
+    kvs_kernel_destroy(kernel);
+    kvs_kernel_spec_free(spec);
+}
+END_TEST
+
+START_TEST(centering_reduces_logit_error)
+{
+    /* Centering moves the coded vectors, so 4-bit logits get closer to the
+    ** exact ones on keys with a large shared mean (channel 3 of each 16). */
+    static run_result_t plain, centered, full;
+    const uint32_t n = N_PROMPT + N_DECODE;
+    double err_plain = 0.0, err_centered = 0.0;
+
+    run_spec("turboquant-mse:bits=4/dense", &plain);
+    run_spec("turboquant-mse:bits=4,center=1/dense", &centered);
+    run_spec("dense/dense", &full);
+    for (uint32_t i = 0; i < GROUP * n; i++) {
+        err_plain += pow(plain.logits[i] - full.logits[i], 2);
+        err_centered += pow(centered.logits[i] - full.logits[i], 2);
+    }
+    ck_assert_msg(err_centered < err_plain, "centered %.4g, plain %.4g", err_centered, err_plain);
+    ck_assert_uint_eq(centered.stored, plain.stored + D * 4); /* the key mean, F32 */
+}
+END_TEST
+
 static Suite *rotation_kernels_suite(void)
 {
     Suite *s = suite_create("rotation_kernels");
@@ -172,6 +229,8 @@ static Suite *rotation_kernels_suite(void)
     tcase_add_test(tc, exact_limits_match_dense_values);
     tcase_add_test(tc, presets_expand_with_mixed_bytes);
     tcase_add_test(tc, bad_specs_fail_with_message);
+    tcase_add_test(tc, key_window_is_exact_inside);
+    tcase_add_test(tc, centering_reduces_logit_error);
     tcase_set_timeout(tc, 60);
     suite_add_tcase(s, tc);
     return s;

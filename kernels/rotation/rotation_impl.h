@@ -280,6 +280,10 @@ typedef struct kvs_rot_split kvs_rot_split_t;
 kvs_status_e kvs_rot_split_create(uint32_t d, uint32_t n_outliers, const kvs_tq_config_t *main_cfg,
                               const kvs_tq_config_t *outlier_cfg, kvs_rot_split_t **out);
 void kvs_rot_split_destroy(kvs_rot_split_t *sp);
+/* Codes x - mu instead of x, mu the mean of the prompt vectors. Scores add
+** <q, mu> back and sums add (sum of weights) mu, so only the spread around
+** the mean is quantized. Call before the first vector. */
+kvs_status_e kvs_rot_split_set_center(kvs_rot_split_t *sp);
 kvs_status_e kvs_rot_split_append(kvs_rot_split_t *sp, const float *x);
 kvs_status_e kvs_rot_split_end_prefill(kvs_rot_split_t *sp);
 /* As kvs_tq_scores / kvs_tq_accumulate over all d channels; out is (d) and

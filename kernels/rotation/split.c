@@ -19,9 +19,14 @@ struct kvs_rot_split {
     uint32_t n_pending, cap_pending;
 
     float *sub_x, *sub_acc;   /* (d) gather and scatter buffers */
+    int center;               /* subtract the prompt mean before coding */
+    float *mu;                /* (d) prompt mean, when center */
+    float *centered;          /* (d) scratch */
     float *sub_score;         /* (cap) */
     uint32_t score_cap;
 };
+
+static kvs_status_e decide(kvs_rot_split_t *sp);
 
 kvs_status_e kvs_rot_split_create(uint32_t d, uint32_t n_outliers, const kvs_tq_config_t *main_cfg,
                               const kvs_tq_config_t *outlier_cfg, kvs_rot_split_t **out)
@@ -44,12 +49,7 @@ kvs_status_e kvs_rot_split_create(uint32_t d, uint32_t n_outliers, const kvs_tq_
         return kvs_fail(KVS_ERR_NOMEM, "out of memory for a stream encoder");
     }
 
-    if (n_outliers == 0) {
-        for (uint32_t j = 0; j < d; j++)
-            sp->channels[0][j] = j;
-        rc = kvs_tq_create(&sp->cfg[0], &sp->part[0]);
-        sp->decided = 1;
-    } else {
+    if (n_outliers > 0) {
         KVS_RETURN_IF(n_outliers >= d, KVS_ERR_KERNEL_SPEC,
                       "%u outlier channels leave none of %u for the regular part", n_outliers, d);
         sp->cfg[1] = *outlier_cfg;
@@ -57,6 +57,9 @@ kvs_status_e kvs_rot_split_create(uint32_t d, uint32_t n_outliers, const kvs_tq_
         rc = kvs_tq_check(&sp->cfg[0], "regular channels");
         if (rc == KVS_OK)
             rc = kvs_tq_check(&sp->cfg[1], "outlier channels");
+    } else {
+        /* Nothing waits for the prompt: create the encoder now. */
+        rc = decide(sp);
     }
     if (rc != KVS_OK) {
         kvs_rot_split_destroy(sp);
@@ -78,11 +81,18 @@ void kvs_rot_split_destroy(kvs_rot_split_t *sp)
     free(sp->sub_x);
     free(sp->sub_acc);
     free(sp->sub_score);
+    free(sp->mu);
+    free(sp->centered);
     free(sp);
 }
 
 static kvs_status_e append_parts(kvs_rot_split_t *sp, const float *x)
 {
+    if (sp->center) {
+        for (uint32_t j = 0; j < sp->d; j++)
+            sp->centered[j] = x[j] - sp->mu[j];
+        x = sp->centered;
+    }
     for (int p = 0; p < 2 && sp->part[p]; p++) {
         for (uint32_t j = 0; j < sp->cfg[p].n; j++)
             sp->sub_x[j] = x[sp->channels[p][j]];
@@ -91,8 +101,24 @@ static kvs_status_e append_parts(kvs_rot_split_t *sp, const float *x)
     return KVS_OK;
 }
 
-/* Picks the outlier channels from the prompt vectors, creates both parts
-** and encodes the prompt. */
+kvs_status_e kvs_rot_split_set_center(kvs_rot_split_t *sp)
+{
+    KVS_RETURN_IF(sp->n_pending > 0 || (sp->part[0] && kvs_tq_count(sp->part[0]) > 0),
+                  KVS_ERR_INTERNAL, "centering must be set before the first vector");
+    sp->mu = calloc(sp->d, sizeof *sp->mu);
+    sp->centered = calloc(sp->d, sizeof *sp->centered);
+    KVS_RETURN_IF(!sp->mu || !sp->centered, KVS_ERR_NOMEM, "out of memory for a key mean");
+    sp->center = 1;
+
+    /* The mean comes from the prompt, so encoding waits for its end. */
+    kvs_tq_destroy(sp->part[0]);
+    sp->part[0] = NULL;
+    sp->decided = 0;
+    return KVS_OK;
+}
+
+/* Computes the prompt mean (when centering), picks the outlier channels,
+** creates the parts and encodes the prompt. */
 static kvs_status_e decide(kvs_rot_split_t *sp)
 {
     double *mag;
@@ -108,9 +134,18 @@ static kvs_status_e decide(kvs_rot_split_t *sp)
         free(is_out);
         return kvs_fail(KVS_ERR_NOMEM, "out of memory choosing outlier channels");
     }
+    if (sp->center) {
+        for (uint32_t t = 0; t < sp->n_pending; t++)
+            for (uint32_t j = 0; j < sp->d; j++)
+                mag[j] += sp->pending[(size_t)t * sp->d + j];
+        for (uint32_t j = 0; j < sp->d; j++) {
+            sp->mu[j] = sp->n_pending ? (float)(mag[j] / sp->n_pending) : 0.0f;
+            mag[j] = 0.0;
+        }
+    }
     for (uint32_t t = 0; t < sp->n_pending; t++)
         for (uint32_t j = 0; j < sp->d; j++)
-            mag[j] += fabs(sp->pending[(size_t)t * sp->d + j]);
+            mag[j] += fabs(sp->pending[(size_t)t * sp->d + j] - (sp->center ? sp->mu[j] : 0.0f));
 
     /* n_out passes of argmax: d is at most a few hundred. Ties go to the
     ** lower channel, so an empty prompt picks the first channels. */
@@ -132,7 +167,8 @@ static kvs_status_e decide(kvs_rot_split_t *sp)
     free(is_out);
 
     KVS_FORWARD(kvs_tq_create(&sp->cfg[0], &sp->part[0]));
-    KVS_FORWARD(kvs_tq_create(&sp->cfg[1], &sp->part[1]));
+    if (sp->n_out)
+        KVS_FORWARD(kvs_tq_create(&sp->cfg[1], &sp->part[1]));
     sp->decided = 1;
     for (uint32_t t = 0; t < sp->n_pending; t++)
         KVS_FORWARD(append_parts(sp, sp->pending + (size_t)t * sp->d));
@@ -171,6 +207,21 @@ kvs_status_e kvs_rot_split_end_prefill(kvs_rot_split_t *sp)
     return decide(sp);
 }
 
+/* Centered codes score <q, x - mu>; <q, mu> is the same for every position
+** and is added back so logits stay comparable with exact ones. */
+static void add_mean_score(const kvs_rot_split_t *sp, const float *q, uint32_t n_tok,
+                           float *score)
+{
+    float base = 0.0f;
+
+    if (!sp->center)
+        return;
+    for (uint32_t j = 0; j < sp->d; j++)
+        base += q[j] * sp->mu[j];
+    for (uint32_t t = 0; t < n_tok; t++)
+        score[t] += base;
+}
+
 void kvs_rot_split_scores(kvs_rot_split_t *sp, const float *q, uint32_t n_tok, float *score,
                       kvs_tq_path_e path)
 {
@@ -178,6 +229,7 @@ void kvs_rot_split_scores(kvs_rot_split_t *sp, const float *q, uint32_t n_tok, f
         goto fail;
     if (!sp->part[1]) {
         kvs_tq_scores(sp->part[0], q, n_tok, score, path);
+        add_mean_score(sp, q, n_tok, score);
         return;
     }
     if (sp->score_cap < n_tok) {
@@ -195,6 +247,7 @@ void kvs_rot_split_scores(kvs_rot_split_t *sp, const float *q, uint32_t n_tok, f
     }
     for (uint32_t t = 0; t < n_tok; t++)
         score[t] += sp->sub_score[t];
+    add_mean_score(sp, q, n_tok, score);
     return;
 
 fail:
@@ -217,6 +270,14 @@ void kvs_rot_split_accumulate(kvs_rot_split_t *sp, const float *w, uint32_t n_to
         for (uint32_t j = 0; j < sp->cfg[p].n; j++)
             out[sp->channels[p][j]] = sp->sub_acc[j];
     }
+    if (sp->center) {
+        double mass = 0.0;
+
+        for (uint32_t t = 0; t < n_tok; t++)
+            mass += w[t];
+        for (uint32_t j = 0; j < sp->d; j++)
+            out[j] += (float)mass * sp->mu[j];
+    }
 }
 
 uint64_t kvs_rot_split_stored_bytes(const kvs_rot_split_t *sp)
@@ -226,6 +287,8 @@ uint64_t kvs_rot_split_stored_bytes(const kvs_rot_split_t *sp)
     for (int p = 0; p < 2; p++)
         if (sp->part[p])
             bytes += kvs_tq_stored_bytes(sp->part[p]);
+    if (sp->center)
+        bytes += (uint64_t)sp->d * sizeof(float);
     /* The outlier channel list: one byte per index up to 256 channels. */
     if (sp->n_out)
         bytes += (uint64_t)sp->n_out * (sp->d <= 256 ? 1 : 2);

@@ -37,6 +37,10 @@ typedef struct tq_codec {
 #define TQ_SEED_MAIN 0x7451u
 #define TQ_SEED_OUTLIER 0x7452u
 
+#define TQ_CENTER_PARAM                                                                        \
+    {"center", KVS_PARAM_INT, "0", 0, 1, NULL,                                                 \
+     "1: code x minus the prompt mean (added back exactly), so only the spread is quantized"}
+
 #define TQ_PATH_PARAM                                                                          \
     {"path", KVS_PARAM_ENUM, "fast", 0, 0, "fast|ref",                                         \
      "execution path: look-up tables (AVX2 when available) or the scalar reference"}
@@ -48,6 +52,7 @@ static const kvs_param_doc_t tq_mse_params[] = {
     {"outliers", KVS_PARAM_FLOAT, "0", 0, 0.5, NULL,
      "fraction of channels (largest mean |x| over the prompt) coded separately, rounded down"},
     {"outlier_bits", KVS_PARAM_INT, "3", 1, 4, NULL, "codebook bits per outlier coordinate"},
+    TQ_CENTER_PARAM,
     TQ_PATH_PARAM,
     {NULL, 0, NULL, 0, 0, NULL, NULL},
 };
@@ -60,6 +65,7 @@ static const kvs_param_doc_t tq_prod_params[] = {
     {"outliers", KVS_PARAM_FLOAT, "0", 0, 0.5, NULL,
      "fraction of channels (largest mean |x| over the prompt) coded separately, rounded down"},
     {"outlier_bits", KVS_PARAM_INT, "4", 1, 5, NULL, "bits per outlier coordinate"},
+    TQ_CENTER_PARAM,
     TQ_PATH_PARAM,
     {NULL, 0, NULL, 0, 0, NULL, NULL},
 };
@@ -71,6 +77,7 @@ static const kvs_param_doc_t qjl_params[] = {
      "fraction of channels (largest mean |x| over the prompt) with their own sketch and norm"},
     {"outlier_bits", KVS_PARAM_INT, "32", 1, 64, NULL,
      "sketch sign bits per outlier coordinate"},
+    TQ_CENTER_PARAM,
     TQ_PATH_PARAM,
     {NULL, 0, NULL, 0, 0, NULL, NULL},
 };
@@ -149,7 +156,10 @@ static kvs_status_e tq_create_variant(tq_variant_e variant, const kvs_params_t *
     c->path = (kvs_tq_path_e)kvs_rot_param(p, "path");
     make_configs(variant, p, dims, cfg, &n_out);
     rc = kvs_rot_split_create(dims->head_dim, n_out, &cfg[0], &cfg[1], &c->split);
+    if (rc == KVS_OK && kvs_rot_param(p, "center") != 0.0)
+        rc = kvs_rot_split_set_center(c->split);
     if (rc != KVS_OK) {
+        kvs_rot_split_destroy(c->split);
         free(c);
         return rc;
     }
@@ -270,6 +280,9 @@ static void tq_cost_variant(tq_variant_e variant, const kvs_params_t *p,
     out->bytes_per_token = row;
     out->shared_bytes = shared;
     out->stored_bytes = (uint64_t)(row * (double)n_context) + shared;
+    /* The prompt mean is per stream, so it is stored but not shared. */
+    if (kvs_rot_param(p, "center") != 0.0)
+        out->stored_bytes += (uint64_t)dims->head_dim * sizeof(float);
     /* A step reads every row once for the whole query group and the shared
     ** tables once; per-query work is the table build and the look-ups. */
     out->read_bytes = out->stored_bytes;

@@ -1,7 +1,9 @@
 /*
 ** window.c: exact attention sinks and recent window, the middle of the
-** context in an inner value codec (StreamingLLM's sinks and window, with
-** the evicted middle kept compressed instead of dropped).
+** context in an inner codec (StreamingLLM's sinks and window, with the
+** evicted middle kept compressed instead of dropped). Serves keys (exact
+** dot products in the window, the inner codec's logits in the middle) and
+** values.
 **
 ** Positions [0, sinks) and the last `recent` positions stay F32. A position
 ** leaving the recent window is appended to the inner codec, so the inner
@@ -144,6 +146,13 @@ static kvs_status_e window_append(void *state, const float *x, const float *x_pr
     window_codec_t *c = state;
     size_t row = (size_t)c->d * sizeof *x;
 
+    /* Only the key role passes x_pre, so this is where a key window finds
+    ** out whether its inner codec can compute logits. */
+    KVS_RETURN_IF(x_pre && !c->inner->logits, KVS_ERR_KERNEL_SPEC,
+                  "window: inner codec '%s' has no key path; as a key codec use inner="
+                  "turboquant-mse, turboquant-prod, qjl, polarquant, affine, hqq or dense",
+                  c->inner->name);
+
     for (uint32_t j = 0; j < c->d; j++)
         KVS_RETURN_IF(!isfinite(x[j]), KVS_ERR_NONFINITE,
                       "window: value %u has a non-finite coordinate %u; check the trace for NaN "
@@ -152,7 +161,7 @@ static kvs_status_e window_append(void *state, const float *x, const float *x_pr
     if (c->n < c->sinks) {
         memcpy(c->sink_v + (size_t)c->n * c->d, x, row);
     } else if (c->recent == 0) {
-        KVS_FORWARD(c->inner->append(c->inner_state, x, NULL));
+        KVS_FORWARD(c->inner->append(c->inner_state, x, x_pre));
         c->n_inner++;
     } else if (c->n_ring < c->recent) {
         memcpy(c->ring + (size_t)((c->ring_oldest + c->n_ring) % c->recent) * c->d, x, row);
@@ -162,7 +171,10 @@ static kvs_status_e window_append(void *state, const float *x, const float *x_pr
         ** takes the new one. */
         float *slot = c->ring + (size_t)c->ring_oldest * c->d;
 
-        KVS_FORWARD(c->inner->append(c->inner_state, slot, NULL));
+        /* NOTE: the inner codec gets the post-RoPE key as its pre-RoPE key
+        ** too, because the ring keeps one copy; no inner codec here reads
+        ** x_pre. */
+        KVS_FORWARD(c->inner->append(c->inner_state, slot, x_pre ? slot : NULL));
         c->n_inner++;
         memcpy(slot, x, row);
         c->ring_oldest = (c->ring_oldest + 1) % c->recent;
@@ -245,6 +257,60 @@ static void window_output(void *state, const float *w, uint32_t group, const uin
     }
 }
 
+static void window_logits(void *state, const float *q, uint32_t group, const uint8_t *attend,
+                          uint32_t n, float *out)
+{
+    window_codec_t *c = state;
+    uint32_t d = c->d, first = c->sinks < n ? c->sinks : n;
+    uint32_t n_mid = c->n_inner;
+
+    if (n > c->n)
+        n = c->n;
+    if (c->sinks + n_mid > n)
+        n_mid = n > c->sinks ? n - c->sinks : 0;
+
+    /* Middle positions from the inner codec, written through a scratch
+    ** row per query because the inner codec expects a stride of n_mid. */
+    if (n_mid > 0) {
+        if ((size_t)group * n_mid > c->cap) {
+            float *grown = realloc(c->w_mid, (size_t)group * n_mid * sizeof *grown);
+
+            if (!grown) {
+                for (uint32_t i = 0; i < group * n; i++)
+                    out[i] = NAN; /* NOTE: out of memory in a void hook shows up as NaN */
+                return;
+            }
+            c->w_mid = grown;
+            c->cap = group * n_mid;
+        }
+        c->inner->logits(c->inner_state, q, group, attend + c->sinks, n_mid, c->w_mid);
+        for (uint32_t g = 0; g < group; g++)
+            for (uint32_t t = 0; t < n_mid; t++)
+                if (attend[c->sinks + t])
+                    out[(size_t)g * n + c->sinks + t] = c->w_mid[(size_t)g * n_mid + t];
+    }
+
+    for (uint32_t g = 0; g < group; g++) {
+        const float *qg = q + (size_t)g * d;
+
+        for (uint32_t t = 0; t < n; t++) {
+            const float *k;
+            float s = 0.0f;
+
+            if (t == first)
+                t = c->sinks + n_mid; /* skip the middle */
+            if (t >= n)
+                break;
+            if (!attend[t])
+                continue;
+            k = exact_value(c, t);
+            for (uint32_t j = 0; j < d; j++)
+                s += qg[j] * k[j];
+            out[(size_t)g * n + t] = s;
+        }
+    }
+}
+
 static uint64_t window_stored_bytes(const void *state)
 {
     const window_codec_t *c = state;
@@ -266,7 +332,7 @@ static void window_cost(const kvs_params_t *p, const kvs_kernel_dims_t *dims, un
     memset(out, 0, sizeof *out);
     if (inner_params(p, &inner, &ip) != KVS_OK)
         return;
-    inner->cost(&ip, dims, KVS_CODEC_VALUE, n_context - exact, &in);
+    inner->cost(&ip, dims, role, n_context - exact, &in);
     /* New positions push the oldest recent one into the inner codec, so
     ** steady-state growth is the inner codec's. */
     out->bytes_per_token = in.bytes_per_token;
@@ -294,14 +360,15 @@ static int window_is_compressed(const kvs_params_t *p)
 const kvs_codec_i kvs_codec_window = {
     .name = "window",
     .family = "value",
-    .description = "exact sinks and recent window, the middle positions in an inner value codec",
+    .description = "exact sinks and recent window, the middle positions in an inner codec "
+                   "(keys or values)",
     .params = window_params,
-    .roles = KVS_CODEC_VALUE | KVS_CODEC_COMPRESSED_EXEC,
+    .roles = KVS_CODEC_KEY | KVS_CODEC_VALUE | KVS_CODEC_COMPRESSED_EXEC,
     .check = window_check,
     .create = window_create,
     .append = window_append,
     .end_prefill = window_end_prefill,
-    .logits = NULL,
+    .logits = window_logits,
     .output = window_output,
     .stored_bytes = window_stored_bytes,
     .cost = window_cost,
