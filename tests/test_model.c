@@ -5,12 +5,14 @@
 #include "testutil.h"
 
 #include "capture/forward.h"
+#include "capture/matvec.h"
 #include "capture/model.h"
 #include "capture/safetensors.h"
 #include "capture/sample.h"
 #include "common/fsutil.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -518,6 +520,153 @@ START_TEST(model_sharded_loads)
 }
 END_TEST
 
+/* Runs 10 prompt tokens and 3 decode steps and returns the final logits. */
+static void run_logits(const char *dir, float *logits)
+{
+    kvs_model_t *m;
+    kvs_forward_t *f;
+    const int32_t prompt[10] = {1, 403, 407, 261, 378, 432, 383, 286, 261, 376};
+
+    ck_assert_int_eq(kvs_model_load(dir, &m), KVS_OK);
+    ck_assert_int_eq(kvs_forward_create(m, 16, 1, &f), KVS_OK);
+    ck_assert_int_eq(kvs_forward_run(f, prompt, 10, logits), KVS_OK);
+    for (int i = 0; i < 3; i++) {
+        int32_t tok = kvs_argmax(logits, 512);
+        ck_assert_int_eq(kvs_forward_run(f, &tok, 1, logits), KVS_OK);
+    }
+    kvs_forward_destroy(f);
+    kvs_model_destroy(m);
+}
+
+static uint16_t float_to_f16(float v)
+{
+    /* Round to nearest F16 through the exact search of the few candidates
+    ** around v; stories260K weights are far inside the normal F16 range. */
+    uint16_t best = 0;
+    float best_err = INFINITY;
+    for (int e = 1; e < 31; e++) {
+        float scale = ldexpf(1.0f, e - 25);
+        long mant = lroundf(fabsf(v) / scale) - 1024;
+        for (long m = mant - 1; m <= mant + 1; m++) {
+            if (m < 0 || m > 1023)
+                continue;
+            uint16_t h = (uint16_t)((v < 0 ? 0x8000 : 0) | (e << 10) | m);
+            float err = fabsf(kvs_f16_to_float(h) - v);
+            if (err < best_err)
+                best_err = err, best = h;
+        }
+    }
+    return best;
+}
+
+/* The BF16 and F16 paths (prefill panels and decode kernels) on weights
+** rounded to each type must give the logits of the F32 path on the same
+** rounded values, because the conversions are exact. */
+START_TEST(model_half_dtypes_match_f32)
+{
+    kvs_st_file_t *st = open_stories();
+    st_entry_t e[64];
+    int n = stories_entries(st, e);
+    float *want = malloc(512 * sizeof *want), *got = malloc(512 * sizeof *got);
+
+    for (int type = KVS_WTYPE_F16; type <= KVS_WTYPE_BF16; type++) {
+        char *dir_half = copy_config(type == KVS_WTYPE_F16 ? "f16" : "bf16");
+        char *dir_f32 = copy_config(type == KVS_WTYPE_F16 ? "f16_as_f32" : "bf16_as_f32");
+        uint8_t *half[64], *wide[64];
+        st_entry_t eh[64], ew[64];
+        char path[4200];
+
+        for (int i = 0; i < n; i++) {
+            size_t count = e[i].nbytes / 4;
+            half[i] = malloc(count * 2);
+            wide[i] = malloc(count * 4);
+            for (size_t j = 0; j < count; j++) {
+                float v, r;
+                memcpy(&v, e[i].data + 4 * j, 4);
+                uint16_t h = type == KVS_WTYPE_F16 ? float_to_f16(v) : kvs_float_to_bf16(v);
+                r = type == KVS_WTYPE_F16 ? kvs_f16_to_float(h) : kvs_bf16_to_float(h);
+                memcpy(half[i] + 2 * j, &h, 2);
+                memcpy(wide[i] + 4 * j, &r, 4);
+            }
+            eh[i] = e[i], ew[i] = e[i];
+            eh[i].dtype = type == KVS_WTYPE_F16 ? "F16" : "BF16";
+            eh[i].data = half[i], eh[i].nbytes = count * 2;
+            ew[i].data = wide[i];
+        }
+        snprintf(path, sizeof path, "%s/model.safetensors", dir_half);
+        write_st(path, eh, n);
+        snprintf(path, sizeof path, "%s/model.safetensors", dir_f32);
+        write_st(path, ew, n);
+
+        run_logits(dir_f32, want);
+        run_logits(dir_half, got);
+        double max_ref = 0, max_err = 0;
+        for (int i = 0; i < 512; i++) {
+            max_ref = fmax(max_ref, fabs(want[i]));
+            max_err = fmax(max_err, fabs(got[i] - want[i]));
+        }
+        ck_assert_msg(max_err / max_ref < 1e-5, "%s logits differ from F32 by %.3g relative",
+                      type == KVS_WTYPE_F16 ? "F16" : "BF16", max_err / max_ref);
+        for (int i = 0; i < n; i++)
+            free(half[i]), free(wide[i]);
+        free(dir_half), free(dir_f32);
+    }
+    free(want), free(got);
+    free_entries(e, n);
+    kvs_st_close(st);
+}
+END_TEST
+
+/* An untied copy of stories260K (lm_head.weight = the embedding) gives the
+** same logits; without lm_head.weight it is rejected by name. */
+START_TEST(model_untied_head)
+{
+    kvs_st_file_t *st = open_stories();
+    st_entry_t e[65];
+    int n = stories_entries(st, e);
+    char *dir = kvs_test_tmpdir("untied");
+    char path[4200], src[4096];
+    char *text;
+    size_t size;
+    float *want = malloc(512 * sizeof *want), *got = malloc(512 * sizeof *got);
+    kvs_model_t *m;
+
+    snprintf(src, sizeof src, "%s/config.json", stories_dir);
+    ck_assert_int_eq(kvs_read_file(src, &text, &size), KVS_OK);
+    json_t *root = json_loads(text, 0, NULL);
+    free(text);
+    json_object_set_new(root, "tie_word_embeddings", json_false());
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    ck_assert_int_eq(json_dump_file(root, path, 0), 0);
+    json_decref(root);
+
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    write_st(path, e, n);
+    ck_assert_int_eq(kvs_model_load(dir, &m), KVS_ERR_TENSOR);
+    ck_assert_ptr_nonnull(strstr(kvs_error_message(), "lm_head.weight"));
+
+    for (int i = 0; i < n; i++) {
+        if (!strcmp(e[i].name, "model.embed_tokens.weight")) {
+            e[n] = e[i];
+            snprintf(e[n].name, sizeof e[n].name, "lm_head.weight");
+            e[n].shape = json_incref(e[i].shape);
+        }
+    }
+    write_st(path, e, n + 1);
+    ck_assert_int_eq(kvs_model_load(dir, &m), KVS_OK);
+    ck_assert_ptr_ne(kvs_model_lm_head(m)->data, kvs_model_embedding(m)->data);
+    kvs_model_destroy(m);
+    run_logits(stories_dir, want);
+    run_logits(dir, got);
+    for (int i = 0; i < 512; i++)
+        ck_assert(got[i] == want[i]);
+    free(want), free(got);
+    free_entries(e, n + 1);
+    kvs_st_close(st);
+    free(dir);
+}
+END_TEST
+
 START_TEST(model_stories_properties)
 {
     kvs_model_t *m;
@@ -560,6 +709,8 @@ int main(void)
     tcase_add_test(tc, model_corrupt_file_and_missing_folder);
     tcase_add_test(tc, model_sharded_loads);
     tcase_add_test(tc, model_stories_properties);
+    tcase_add_test(tc, model_half_dtypes_match_f32);
+    tcase_add_test(tc, model_untied_head);
     suite_add_tcase(s, tc);
     return kvs_test_run(s);
 }
