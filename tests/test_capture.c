@@ -368,6 +368,41 @@ START_TEST(synth_deterministic_for_seed)
 }
 END_TEST
 
+/* A NaN weight in layer 1's v_proj makes v non-finite there: the capture
+** fails naming the kind and layer and leaves no trace file. */
+START_TEST(nan_weight_fails_capture)
+{
+    char *dir = kvs_test_tmpdir("capture_nan");
+    kvs_model_config_t c = tiny_config();
+    char path[4200], out[4200];
+    kvs_st_file_t *st;
+    int32_t ids[3] = {1, 5, 9};
+    kvs_capture_result_t res;
+
+    ck_assert_int_eq(kvs_model_synth_config(&c, dir, 3), KVS_OK);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    ck_assert_int_eq(kvs_st_open(path, &st), KVS_OK);
+    const kvs_st_tensor_t *t = kvs_st_find(st, "model.layers.1.self_attn.v_proj.weight");
+    ck_assert_ptr_nonnull(t);
+    uint64_t offset = t->offset;
+    kvs_st_close(st);
+
+    const uint8_t nan_bf16[2] = {0xc0, 0x7f};
+    FILE *fp = fopen(path, "r+b");
+    ck_assert_ptr_nonnull(fp);
+    ck_assert_int_eq(fseek(fp, (long)offset, SEEK_SET), 0);
+    ck_assert_uint_eq(fwrite(nan_bf16, 1, 2, fp), 2);
+    fclose(fp);
+
+    snprintf(out, sizeof out, "%s/nan.kvt", dir);
+    kvs_capture_opts_t o = default_opts(dir, ids, 3, 2, out);
+    ck_assert_int_eq(kvs_capture_run(&o, &res), KVS_ERR_NONFINITE);
+    ck_assert_ptr_nonnull(strstr(kvs_error_message(), "v of layer 1"));
+    ck_assert(!file_exists(out));
+    free(dir);
+}
+END_TEST
+
 static kvs_status_e track_max_key(void *ctx, const kvs_forward_rows_t *rows)
 {
     double *max_abs = ctx;
@@ -479,6 +514,7 @@ int main(void)
     tcase_add_test(tc, sampling_reproducible_by_seed);
     tcase_add_test(tc, bad_inputs_leave_no_file);
     tcase_add_test(tc, synth_deterministic_for_seed);
+    tcase_add_test(tc, nan_weight_fails_capture);
     tcase_add_test(tc, synth_135m_matches_smollm2_config);
     suite_add_tcase(s, tc);
     return kvs_test_run(s);
