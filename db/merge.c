@@ -22,6 +22,12 @@ typedef struct merge_state {
     sqlite3 *conn;
     const char *out_path;
     const char *in_path;
+    /* Per-unit statements, prepared once per input. */
+    sqlite3_stmt *compare[2];   /* metrics, buckets rows of a unit, both sides */
+    sqlite3_stmt *count_diff;   /* input rows minus output rows of a unit */
+    sqlite3_stmt *copy_unit;
+    sqlite3_stmt *copy_metrics;
+    sqlite3_stmt *copy_buckets;
 } merge_state_t;
 
 static kvs_status_e merge_fail(const merge_state_t *m, const char *what)
@@ -33,6 +39,24 @@ static kvs_status_e prepare(const merge_state_t *m, const char *sql, sqlite3_stm
 {
     if (sqlite3_prepare_v2(m->conn, sql, -1, st, NULL) != SQLITE_OK)
         return merge_fail(m, "preparing a merge statement");
+    return KVS_OK;
+}
+
+/* Binds (src run, out run, layer, kv_head) as ?1..?4 of a cached
+** statement, steps it once and resets it. */
+static kvs_status_e run_unit_statement(const merge_state_t *m, sqlite3_stmt *st, int64_t src_id, int64_t out_id,
+                                       int64_t layer, int64_t kv_head, const char *what)
+{
+    int rc;
+
+    sqlite3_bind_int64(st, 1, src_id);
+    sqlite3_bind_int64(st, 2, out_id);
+    sqlite3_bind_int64(st, 3, layer);
+    sqlite3_bind_int64(st, 4, kv_head);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return merge_fail(m, what);
     return KVS_OK;
 }
 
@@ -185,30 +209,11 @@ static kvs_status_e compare_unit(const merge_state_t *m, const src_run_t *r, int
                                  int64_t layer, int64_t kv_head)
 {
     static const char *const tables[2] = {"metrics", "buckets"};
-    char sql[1024];
 
     for (int t = 0; t < 2; t++) {
-        sqlite3_stmt *st;
+        sqlite3_stmt *st = m->compare[t];
         int rc;
 
-        /* Rows of the unit on both sides, matched by head (and bucket);
-        ** a row missing on one side has NULL key columns on that side. */
-        if (t == 0)
-            snprintf(sql, sizeof sql,
-                     "SELECT a.head, b.head, a.*, b.* FROM "
-                     "(SELECT * FROM src.metrics WHERE run_id = ?1 AND layer = ?3 AND kv_head = ?4) a "
-                     "FULL JOIN (SELECT * FROM main.metrics WHERE run_id = ?2 AND layer = ?3 AND kv_head = ?4) b "
-                     "ON a.head = b.head ORDER BY COALESCE(a.head, b.head)");
-        else
-            snprintf(sql, sizeof sql,
-                     "SELECT a.head, b.head, a.*, b.* FROM "
-                     "(SELECT x.* FROM src.buckets x JOIN src.metrics y ON y.run_id = x.run_id AND y.layer = "
-                     "x.layer AND y.head = x.head WHERE x.run_id = ?1 AND x.layer = ?3 AND y.kv_head = ?4) a "
-                     "FULL JOIN (SELECT x.* FROM main.buckets x JOIN main.metrics y ON y.run_id = x.run_id "
-                     "AND y.layer = x.layer AND y.head = x.head WHERE x.run_id = ?2 AND x.layer = ?3 "
-                     "AND y.kv_head = ?4) b ON a.head = b.head AND a.bucket = b.bucket "
-                     "ORDER BY COALESCE(a.head, b.head)");
-        KVS_FORWARD(prepare(m, sql, &st));
         sqlite3_bind_int64(st, 1, src_id);
         sqlite3_bind_int64(st, 2, out_id);
         sqlite3_bind_int64(st, 3, layer);
@@ -239,7 +244,7 @@ static kvs_status_e compare_unit(const merge_state_t *m, const src_run_t *r, int
                     snprintf(detail, sizeof detail, ": column %s.%s is %.17g in %s and %.17g in an earlier input",
                              tables[t], sqlite3_column_name(st, 2 + bad_col), sqlite3_column_double(st, 2 + bad_col),
                              m->in_path, sqlite3_column_double(st, 2 + n_cols + bad_col));
-                sqlite3_finalize(st);
+                sqlite3_reset(st);
                 return kvs_fail(KVS_ERR_DB_SCHEMA,
                                 "conflicting results for run '%s' (eval %s) on trace %s, unit layer %lld kv_head "
                                 "%lld, query head %lld: %s in %s%s; inputs that repeat a unit must hold the same "
@@ -248,52 +253,101 @@ static kvs_status_e compare_unit(const merge_state_t *m, const src_run_t *r, int
                                 head, problem, tables[t], detail);
             }
         }
-        sqlite3_finalize(st);
+        sqlite3_reset(st);
         if (rc != SQLITE_DONE)
             return merge_fail(m, "comparing units");
     }
+
+    /* Rows the output has and the input lacks. */
+    sqlite3_stmt *st = m->count_diff;
+    sqlite3_bind_int64(st, 1, src_id);
+    sqlite3_bind_int64(st, 2, out_id);
+    sqlite3_bind_int64(st, 3, layer);
+    sqlite3_bind_int64(st, 4, kv_head);
+    if (sqlite3_step(st) != SQLITE_ROW) {
+        sqlite3_reset(st);
+        return merge_fail(m, "comparing units");
+    }
+    int64_t extra_metrics = sqlite3_column_int64(st, 0), extra_buckets = sqlite3_column_int64(st, 1);
+    sqlite3_reset(st);
+    if (extra_metrics != 0 || extra_buckets != 0)
+        return kvs_fail(KVS_ERR_DB_SCHEMA,
+                        "conflicting results for run '%s' (eval %s) on trace %s, unit layer %lld kv_head %lld: "
+                        "%s has %lld fewer metrics rows and %lld fewer bucket rows than an earlier input; inputs "
+                        "that repeat a unit must hold the same results",
+                        r->kernel_spec, r->eval_mode, r->trace_hash, (long long)layer, (long long)kv_head,
+                        m->in_path, (long long)-extra_metrics, (long long)-extra_buckets);
     return KVS_OK;
 }
 
 static kvs_status_e copy_unit(const merge_state_t *m, int64_t src_id, int64_t out_id, int64_t layer, int64_t kv_head)
 {
+    KVS_FORWARD(run_unit_statement(m, m->copy_unit, src_id, out_id, layer, kv_head, "copying a unit"));
+    KVS_FORWARD(run_unit_statement(m, m->copy_metrics, src_id, out_id, layer, kv_head, "copying metrics"));
+    return run_unit_statement(m, m->copy_buckets, src_id, out_id, layer, kv_head, "copying buckets");
+}
+
+/* Prepares the per-unit statements for the attached input. The input's
+** rows of a unit are matched to the output's by primary key, so a row
+** missing from the output has NULL there; count_diff catches rows only the
+** output has. */
+static kvs_status_e prepare_unit_statements(merge_state_t *m)
+{
     char sql[1024];
     size_t n;
-    sqlite3_stmt *st;
 
+    KVS_FORWARD(prepare(m,
+                        "SELECT a.head, b.head, a.*, b.* FROM src.metrics a LEFT JOIN main.metrics b "
+                        "ON b.run_id = ?2 AND b.layer = a.layer AND b.head = a.head "
+                        "WHERE a.run_id = ?1 AND a.layer = ?3 AND a.kv_head = ?4 ORDER BY a.head",
+                        &m->compare[0]));
+    KVS_FORWARD(prepare(m,
+                        "SELECT a.head, b.head, a.*, b.* FROM src.buckets a JOIN src.metrics y "
+                        "ON y.run_id = a.run_id AND y.layer = a.layer AND y.head = a.head "
+                        "LEFT JOIN main.buckets b ON b.run_id = ?2 AND b.layer = a.layer AND b.head = a.head "
+                        "AND b.bucket = a.bucket WHERE a.run_id = ?1 AND a.layer = ?3 AND y.kv_head = ?4 "
+                        "ORDER BY a.head, a.bucket",
+                        &m->compare[1]));
+    KVS_FORWARD(prepare(m,
+                        "SELECT (SELECT COUNT(*) FROM src.metrics WHERE run_id = ?1 AND layer = ?3 AND kv_head = ?4)"
+                        " - (SELECT COUNT(*) FROM main.metrics WHERE run_id = ?2 AND layer = ?3 AND kv_head = ?4),"
+                        " (SELECT COUNT(*) FROM src.buckets x JOIN src.metrics y ON y.run_id = x.run_id "
+                        "AND y.layer = x.layer AND y.head = x.head WHERE x.run_id = ?1 AND x.layer = ?3 "
+                        "AND y.kv_head = ?4)"
+                        " - (SELECT COUNT(*) FROM main.buckets x JOIN main.metrics y ON y.run_id = x.run_id "
+                        "AND y.layer = x.layer AND y.head = x.head WHERE x.run_id = ?2 AND x.layer = ?3 "
+                        "AND y.kv_head = ?4)",
+                        &m->count_diff));
     KVS_FORWARD(prepare(m,
                         "INSERT INTO main.units (run_id, layer, kv_head, attend_seconds, attend_calls, committed_at) "
                         "SELECT ?2, layer, kv_head, attend_seconds, attend_calls, committed_at FROM src.units "
                         "WHERE run_id = ?1 AND layer = ?3 AND kv_head = ?4",
-                        &st));
-    sqlite3_bind_int64(st, 1, src_id);
-    sqlite3_bind_int64(st, 2, out_id);
-    sqlite3_bind_int64(st, 3, layer);
-    sqlite3_bind_int64(st, 4, kv_head);
-    KVS_FORWARD(run_once(m, st, "copying a unit"));
+                        &m->copy_unit));
 
     n = (size_t)snprintf(sql, sizeof sql, "INSERT INTO main.metrics SELECT ?2, layer, head, kv_head, n_steps");
     for (size_t i = 0; i < kvs_db_n_metric_fields; i++)
         n += (size_t)snprintf(sql + n, sizeof sql - n, ", %s", kvs_db_metric_fields[i].column);
     snprintf(sql + n, sizeof sql - n, " FROM src.metrics WHERE run_id = ?1 AND layer = ?3 AND kv_head = ?4");
-    KVS_FORWARD(prepare(m, sql, &st));
-    sqlite3_bind_int64(st, 1, src_id);
-    sqlite3_bind_int64(st, 2, out_id);
-    sqlite3_bind_int64(st, 3, layer);
-    sqlite3_bind_int64(st, 4, kv_head);
-    KVS_FORWARD(run_once(m, st, "copying metrics"));
+    KVS_FORWARD(prepare(m, sql, &m->copy_metrics));
 
-    KVS_FORWARD(prepare(m,
-                        "INSERT INTO main.buckets SELECT ?2, b.layer, b.head, b.bucket, b.pos_start, b.pos_end, "
-                        "b.n_steps, b.out_rel_l2, b.logit_rmse FROM src.buckets b JOIN src.metrics x "
-                        "ON x.run_id = b.run_id AND x.layer = b.layer AND x.head = b.head "
-                        "WHERE b.run_id = ?1 AND b.layer = ?3 AND x.kv_head = ?4",
-                        &st));
-    sqlite3_bind_int64(st, 1, src_id);
-    sqlite3_bind_int64(st, 2, out_id);
-    sqlite3_bind_int64(st, 3, layer);
-    sqlite3_bind_int64(st, 4, kv_head);
-    return run_once(m, st, "copying buckets");
+    return prepare(m,
+                   "INSERT INTO main.buckets SELECT ?2, b.layer, b.head, b.bucket, b.pos_start, b.pos_end, "
+                   "b.n_steps, b.out_rel_l2, b.logit_rmse FROM src.buckets b JOIN src.metrics x "
+                   "ON x.run_id = b.run_id AND x.layer = b.layer AND x.head = b.head "
+                   "WHERE b.run_id = ?1 AND b.layer = ?3 AND x.kv_head = ?4",
+                   &m->copy_buckets);
+}
+
+static void finalize_unit_statements(merge_state_t *m)
+{
+    sqlite3_finalize(m->compare[0]);
+    sqlite3_finalize(m->compare[1]);
+    sqlite3_finalize(m->count_diff);
+    sqlite3_finalize(m->copy_unit);
+    sqlite3_finalize(m->copy_metrics);
+    sqlite3_finalize(m->copy_buckets);
+    m->compare[0] = m->compare[1] = m->count_diff = NULL;
+    m->copy_unit = m->copy_metrics = m->copy_buckets = NULL;
 }
 
 static kvs_status_e merge_units(const merge_state_t *m, const src_run_t *r, int64_t out_id)
@@ -335,7 +389,7 @@ static kvs_status_e merge_one(merge_state_t *m)
 
     KVS_FORWARD(copy_traces_and_timings(m));
     KVS_FORWARD(list_src_runs(m, &runs, &n_runs));
-    rc = KVS_OK;
+    rc = prepare_unit_statements(m);
     for (size_t i = 0; i < n_runs && rc == KVS_OK; i++) {
         int64_t out_id;
         if (!runs[i].trace_hash || !runs[i].kernel_spec || !runs[i].params_json || !runs[i].eval_mode)
@@ -345,6 +399,7 @@ static kvs_status_e merge_one(merge_state_t *m)
         if (rc == KVS_OK)
             rc = merge_units(m, &runs[i], out_id);
     }
+    finalize_unit_statements(m);
     free_runs(runs, n_runs);
     return rc;
 }
