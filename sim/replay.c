@@ -130,7 +130,6 @@ static kvs_status_e register_trace(kvs_db_t *db, kvs_replay_trace_t *rt)
 typedef struct run_slot {
     uint32_t trace, kernel;
     int64_t run_id;
-    uint8_t *eval_mask;       /* shared by the run's units, read-only */
     uint32_t units_left;      /* units of this run still to finish here */
     int failed;
 } run_slot_t;
@@ -139,6 +138,13 @@ typedef struct unit {
     uint32_t run;             /* index into runs */
     uint32_t layer, kv_head;
 } unit_t;
+
+/* The pending units of one (trace, layer, KV head) stream, which a worker
+** runs in one pass; unit indices are in kernel order. */
+typedef struct stream_work {
+    uint32_t trace, layer, kv_head;
+    uint32_t first, count;    /* slice of replay_t.stream_units */
+} stream_work_t;
 
 typedef struct replay {
     const kvs_replay_opts_t *opts;
@@ -149,9 +155,13 @@ typedef struct replay {
     uint32_t n_runs;
     unit_t *units;
     uint32_t n_units;
+    stream_work_t *streams;
+    uint32_t n_streams;
+    uint32_t *stream_units;   /* unit indices grouped by stream */
+    uint8_t **eval_masks;     /* one per trace, read-only once planned */
 
     pthread_mutex_t lock;     /* guards everything below and db writes */
-    uint32_t next_unit;
+    uint32_t next_stream;
     uint32_t done_units;
     kvs_status_e first_error;
     char first_message[1024];
@@ -216,6 +226,45 @@ static kvs_status_e begin_run(replay_t *r, run_slot_t *run)
     return kvs_db_begin_run(r->db, &info, o->resume, &run->run_id);
 }
 
+/* Groups the planned units by (trace, layer, KV head) stream, keeping
+** kernel order inside a stream and (trace, layer, KV head) order between
+** streams, so that a worker decodes a stream's trace data and computes its
+** reference attention once for all of its kernels. */
+static kvs_status_e group_streams(replay_t *r)
+{
+    uint32_t cap = 0;
+
+    r->stream_units = malloc((r->n_units ? r->n_units : 1) * sizeof *r->stream_units);
+    KVS_RETURN_IF(!r->stream_units, KVS_ERR_NOMEM, "out of memory planning the replay");
+    for (uint32_t ti = 0; ti < r->opts->n_traces; ti++) {
+        const kvs_trace_shape_t *s = &r->traces[ti].shape;
+        for (uint32_t layer = 0; layer < s->n_layers; layer++) {
+            for (uint32_t h = 0; h < s->n_kv_heads; h++) {
+                uint32_t first = 0, count = 0;
+
+                /* Units are few enough (kernels x layers x heads) that a
+                ** scan per stream costs nothing next to the replay. */
+                for (uint32_t u = 0; u < r->n_units; u++) {
+                    const unit_t *unit = &r->units[u];
+                    if (r->runs[unit->run].trace != ti || unit->layer != layer || unit->kv_head != h)
+                        continue;
+                    if (count == 0)
+                        first = cap;
+                    r->stream_units[cap++] = u;
+                    count++;
+                }
+                if (count == 0)
+                    continue;
+                stream_work_t *p = realloc(r->streams, (r->n_streams + 1) * sizeof *p);
+                KVS_RETURN_IF(!p, KVS_ERR_NOMEM, "out of memory planning the replay");
+                r->streams = p;
+                r->streams[r->n_streams++] = (stream_work_t){ti, layer, h, first, count};
+            }
+        }
+    }
+    return KVS_OK;
+}
+
 /* Builds runs and units in the fixed order of invariant 4, keeping this
 ** shard's units that are not yet committed. */
 static kvs_status_e plan(replay_t *r)
@@ -226,25 +275,29 @@ static kvs_status_e plan(replay_t *r)
 
     r->n_runs = o->n_traces * o->n_kernels;
     r->runs = calloc(r->n_runs, sizeof *r->runs);
-    KVS_RETURN_IF(!r->runs, KVS_ERR_NOMEM, "out of memory planning the replay");
+    r->eval_masks = calloc(o->n_traces, sizeof *r->eval_masks);
+    KVS_RETURN_IF(!r->runs || !r->eval_masks, KVS_ERR_NOMEM, "out of memory planning the replay");
 
     for (uint32_t ti = 0; ti < o->n_traces; ti++) {
         kvs_replay_trace_t *rt = &r->traces[ti];
+        kvs_eval_plan_t ep = {o->eval, o->eval_n, o->max_steps};
+        char eval[64];
+
+        r->eval_masks[ti] = malloc(rt->n_tokens);
+        KVS_RETURN_IF(!r->eval_masks[ti], KVS_ERR_NOMEM, "out of memory planning the replay");
+        uint32_t steps = kvs_eval_positions(&ep, rt->n_tokens, rt->n_prompt, r->eval_masks[ti]);
+        KVS_RETURN_IF(steps == 0, KVS_ERR_USAGE,
+                      "%s has no positions to evaluate with --eval %s (%u prompt and %u generated "
+                      "positions); use --eval all or last:N",
+                      rt->path, eval_text(o, eval, sizeof eval), rt->n_prompt,
+                      rt->n_tokens - rt->n_prompt);
+
         for (uint32_t ki = 0; ki < o->n_kernels; ki++) {
             uint32_t ri = ti * o->n_kernels + ki;
             run_slot_t *run = &r->runs[ri];
-            kvs_eval_plan_t ep = {o->eval, o->eval_n, o->max_steps};
 
             run->trace = ti;
             run->kernel = ki;
-            run->eval_mask = malloc(rt->n_tokens);
-            KVS_RETURN_IF(!run->eval_mask, KVS_ERR_NOMEM, "out of memory planning the replay");
-            uint32_t steps = kvs_eval_positions(&ep, rt->n_tokens, rt->n_prompt, run->eval_mask);
-            char eval[64];
-            KVS_RETURN_IF(steps == 0, KVS_ERR_USAGE,
-                          "%s has no positions to evaluate with --eval %s (%u prompt and %u generated "
-                          "positions); use --eval all or last:N",
-                          rt->path, eval_text(o, eval, sizeof eval), rt->n_prompt, rt->n_tokens - rt->n_prompt);
             KVS_FORWARD(begin_run(r, run));
 
             for (uint32_t layer = 0; layer < rt->shape.n_layers; layer++) {
@@ -268,7 +321,7 @@ static kvs_status_e plan(replay_t *r)
             }
         }
     }
-    return KVS_OK;
+    return group_streams(r);
 }
 
 /* ---- workers ------------------------------------------------------------- */
@@ -295,43 +348,73 @@ static void record_failure(replay_t *r, kvs_status_e rc)
     }
 }
 
+/* Commits one finished unit and closes its run when it was the last. */
+static void commit_unit(replay_t *r, const unit_t *u, const kvs_unit_result_t *res)
+{
+    run_slot_t *run = &r->runs[u->run];
+    kvs_status_e rc = kvs_db_commit_unit(r->db, run->run_id, u->layer, u->kv_head, res->rows,
+                                         res->group, res->attend_seconds, res->attend_calls);
+
+    if (rc != KVS_OK) {
+        record_failure(r, rc);
+        run->failed = 1;
+        return;
+    }
+    r->done_units++;
+    if (--run->units_left == 0 && !run->failed) {
+        rc = kvs_db_end_run(r->db, run->run_id, "done");
+        if (rc != KVS_OK)
+            record_failure(r, rc);
+    }
+}
+
 static void *worker(void *arg)
 {
     replay_t *r = arg;
+    uint32_t max_kernels = r->opts->n_kernels;
+    kvs_unit_result_t *results = calloc(max_kernels, sizeof *results);
+    const kvs_kernel_spec_t **specs = calloc(max_kernels, sizeof *specs);
 
+    if (!results || !specs) {
+        pthread_mutex_lock(&r->lock);
+        record_failure(r, kvs_fail(KVS_ERR_NOMEM, "out of memory starting a replay worker"));
+        pthread_mutex_unlock(&r->lock);
+        free(results);
+        free(specs);
+        return NULL;
+    }
     for (;;) {
         pthread_mutex_lock(&r->lock);
-        if (r->next_unit >= r->n_units || r->first_error != KVS_OK) {
+        if (r->next_stream >= r->n_streams || r->first_error != KVS_OK) {
             pthread_mutex_unlock(&r->lock);
-            return NULL;
+            break;
         }
-        unit_t u = r->units[r->next_unit++];
+        const stream_work_t *w = &r->streams[r->next_stream++];
         pthread_mutex_unlock(&r->lock);
 
-        run_slot_t *run = &r->runs[u.run];
-        kvs_unit_result_t res;
-        kvs_status_e rc = kvs_replay_unit(&r->traces[run->trace], r->specs[run->kernel], r->opts->seed,
-                                          u.layer, u.kv_head, run->eval_mask, &res);
+        const uint32_t *unit_ids = r->stream_units + w->first;
+        for (uint32_t i = 0; i < w->count; i++)
+            specs[i] = r->specs[r->runs[r->units[unit_ids[i]].run].kernel];
+        kvs_status_e rc = kvs_replay_stream(&r->traces[w->trace], specs, w->count, r->opts->seed,
+                                            w->layer, w->kv_head, r->eval_masks[w->trace], results);
 
         pthread_mutex_lock(&r->lock);
-        if (rc == KVS_OK)
-            rc = kvs_db_commit_unit(r->db, run->run_id, u.layer, u.kv_head, res.rows, res.group,
-                                    res.attend_seconds, res.attend_calls);
         if (rc != KVS_OK) {
             record_failure(r, rc);
-            run->failed = 1;
+            for (uint32_t i = 0; i < w->count; i++)
+                r->runs[r->units[unit_ids[i]].run].failed = 1;
         } else {
-            r->done_units++;
-            if (--run->units_left == 0 && !run->failed) {
-                kvs_status_e end_rc = kvs_db_end_run(r->db, run->run_id, "done");
-                if (end_rc != KVS_OK)
-                    record_failure(r, end_rc);
-            }
+            for (uint32_t i = 0; i < w->count; i++)
+                commit_unit(r, &r->units[unit_ids[i]], &results[i]);
         }
         report_progress(r, 0);
         pthread_mutex_unlock(&r->lock);
-        kvs_unit_result_free(&res);
+        for (uint32_t i = 0; i < w->count; i++)
+            kvs_unit_result_free(&results[i]);
     }
+    free(results);
+    free(specs);
+    return NULL;
 }
 
 static uint32_t default_threads(void)
@@ -345,8 +428,8 @@ static kvs_status_e execute(replay_t *r)
     uint32_t n_threads = r->opts->threads ? r->opts->threads : default_threads();
     pthread_t *threads;
 
-    if (n_threads > r->n_units)
-        n_threads = r->n_units ? r->n_units : 1;
+    if (n_threads > r->n_streams)
+        n_threads = r->n_streams ? r->n_streams : 1;
     threads = calloc(n_threads, sizeof *threads);
     KVS_RETURN_IF(!threads, KVS_ERR_NOMEM, "out of memory starting threads");
     r->started = r->last_progress = now_seconds();
@@ -383,8 +466,11 @@ static void replay_free(replay_t *r)
         close_trace(&r->traces[i]);
     for (uint32_t i = 0; r->specs && i < r->opts->n_kernels; i++)
         kvs_kernel_spec_free(r->specs[i]);
-    for (uint32_t i = 0; r->runs && i < r->n_runs; i++)
-        free(r->runs[i].eval_mask);
+    for (uint32_t i = 0; r->eval_masks && i < r->opts->n_traces; i++)
+        free(r->eval_masks[i]);
+    free(r->eval_masks);
+    free(r->streams);
+    free(r->stream_units);
     free(r->traces);
     free(r->specs);
     free(r->runs);

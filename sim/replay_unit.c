@@ -1,7 +1,7 @@
 /*
-** replay_unit.c: one (trace, kernel, layer, KV head) unit.
+** replay_unit.c: the units of one (layer, KV head) stream, one per kernel.
 **
-** The kernel sees the stream exactly as a cache would: positions appended
+** Each kernel sees the stream exactly as a cache would: positions appended
 ** in order, the end-of-prompt hook after the last prompt position, and an
 ** attention call for the query group at each evaluated position, after
 ** that position's own k and v were appended (a decoder attends to itself).
@@ -122,20 +122,50 @@ static kvs_status_e load_unit(const kvs_replay_trace_t *rt, uint32_t layer, uint
     return KVS_OK;
 }
 
-static kvs_status_e check_output(const float *x, size_t n, const char *what, uint32_t pos,
-                                 const kvs_kernel_spec_t *spec)
+static kvs_status_e check_output(const float *x, size_t n, const char *what, uint32_t pos)
 {
     for (size_t i = 0; i < n; i++)
         KVS_RETURN_IF(isnan(x[i]) || (isinf(x[i]) && x[i] > 0), KVS_ERR_NONFINITE,
-                      "kernel '%s' returned a non-finite %s at position %u; this is a kernel bug",
-                      kvs_kernel_spec_text(spec), what, pos);
+                      "returned a non-finite %s at position %u; this is a kernel bug", what, pos);
     return KVS_OK;
 }
 
-static kvs_status_e run_stream(const kvs_replay_trace_t *rt, const kvs_kernel_spec_t *spec,
-                               kvs_kernel_t *kernel, kvs_kernel_t *reference,
-                               const uint8_t *eval_mask, unit_data_t *u, kvs_metrics_acc_t **acc,
-                               kvs_unit_result_t *res)
+/* One kernel under test within a stream. */
+typedef struct stream_kernel {
+    const kvs_kernel_spec_t *spec;
+    kvs_kernel_t *kernel;
+    kvs_metrics_acc_t *acc[64];
+    kvs_unit_result_t *res;
+} stream_kernel_t;
+
+/* Attends one kernel at position t and scores it against the reference
+** already in u->ex_*. */
+static kvs_status_e score_position(stream_kernel_t *sk, unit_data_t *u, uint32_t t, uint32_t group,
+                                   uint32_t d)
+{
+    uint32_t len = t + 1;
+    const float *q = u->qg + (size_t)t * group * d;
+    kvs_attend_out_t out = {u->logits, u->weights, u->out};
+
+    double start = now_seconds();
+    KVS_FORWARD(kvs_kernel_attend(sk->kernel, q, &out));
+    sk->res->attend_seconds += now_seconds() - start;
+    sk->res->attend_calls++;
+    KVS_FORWARD(check_output(u->weights, (size_t)group * len, "attention weight", t));
+    KVS_FORWARD(check_output(u->out, (size_t)group * d, "output", t));
+
+    /* Kernel and reference both write (group, len) rows with stride len. */
+    for (uint32_t g = 0; g < group; g++) {
+        size_t row = (size_t)g * len;
+        kvs_metrics_add_step(sk->acc[g], t, len, u->ex_logits + row, u->ex_weights + row,
+                             u->logits + row, u->weights + row, u->ex_out + (size_t)g * d,
+                             u->out + (size_t)g * d, d);
+    }
+    return KVS_OK;
+}
+
+static kvs_status_e run_stream(const kvs_replay_trace_t *rt, stream_kernel_t *sks, uint32_t n_kernels,
+                               kvs_kernel_t *reference, const uint8_t *eval_mask, unit_data_t *u)
 {
     uint32_t n = rt->n_tokens, d = rt->shape.head_dim;
     uint32_t group = rt->shape.n_heads / rt->shape.n_kv_heads;
@@ -144,31 +174,27 @@ static kvs_status_e run_stream(const kvs_replay_trace_t *rt, const kvs_kernel_sp
         const float *k = u->kh + (size_t)t * d, *kp = u->kph + (size_t)t * d;
         const float *v = u->vh + (size_t)t * d;
 
-        KVS_FORWARD(kvs_kernel_append(kernel, k, kp, v));
         KVS_FORWARD(kvs_kernel_append(reference, k, kp, v));
-        if (t + 1 == rt->n_prompt)
-            KVS_FORWARD(kvs_kernel_end_prefill(kernel, u->qg, rt->n_prompt));
+        for (uint32_t i = 0; i < n_kernels; i++) {
+            kvs_status_e rc = kvs_kernel_append(sks[i].kernel, k, kp, v);
+            if (rc == KVS_OK && t + 1 == rt->n_prompt)
+                rc = kvs_kernel_end_prefill(sks[i].kernel, u->qg, rt->n_prompt);
+            if (rc != KVS_OK) {
+                kvs_error_prefix("kernel '%s'", kvs_kernel_spec_text(sks[i].spec));
+                return rc;
+            }
+        }
         if (!eval_mask[t])
             continue;
 
-        /* Both write (group, len) rows with stride len. */
-        uint32_t len = t + 1;
-        const float *q = u->qg + (size_t)t * group * d;
-        kvs_attend_out_t out = {u->logits, u->weights, u->out};
         kvs_attend_out_t exact = {u->ex_logits, u->ex_weights, u->ex_out};
-        double start = now_seconds();
-        KVS_FORWARD(kvs_kernel_attend(kernel, q, &out));
-        res->attend_seconds += now_seconds() - start;
-        res->attend_calls++;
-        KVS_FORWARD(kvs_kernel_attend(reference, q, &exact));
-        KVS_FORWARD(check_output(u->weights, (size_t)group * len, "attention weight", t, spec));
-        KVS_FORWARD(check_output(u->out, (size_t)group * d, "output", t, spec));
-
-        for (uint32_t g = 0; g < group; g++) {
-            size_t row = (size_t)g * len;
-            kvs_metrics_add_step(acc[g], t, len, u->ex_logits + row, u->ex_weights + row,
-                                 u->logits + row, u->weights + row, u->ex_out + (size_t)g * d,
-                                 u->out + (size_t)g * d, d);
+        KVS_FORWARD(kvs_kernel_attend(reference, u->qg + (size_t)t * group * d, &exact));
+        for (uint32_t i = 0; i < n_kernels; i++) {
+            kvs_status_e rc = score_position(&sks[i], u, t, group, d);
+            if (rc != KVS_OK) {
+                kvs_error_prefix("kernel '%s'", kvs_kernel_spec_text(sks[i].spec));
+                return rc;
+            }
         }
     }
     return KVS_OK;
@@ -202,9 +228,9 @@ static kvs_status_e collect(kvs_metrics_acc_t **acc, uint32_t group, uint32_t fi
     return KVS_OK;
 }
 
-kvs_status_e kvs_replay_unit(const kvs_replay_trace_t *rt, const kvs_kernel_spec_t *spec,
-                             uint64_t seed, uint32_t layer, uint32_t kv_head,
-                             const uint8_t *eval_mask, kvs_unit_result_t *res)
+kvs_status_e kvs_replay_stream(const kvs_replay_trace_t *rt, const kvs_kernel_spec_t *const *specs,
+                               uint32_t n_kernels, uint64_t seed, uint32_t layer, uint32_t kv_head,
+                               const uint8_t *eval_mask, kvs_unit_result_t *results)
 {
     const kvs_trace_shape_t *s = &rt->shape;
     uint32_t group = s->n_heads / s->n_kv_heads;
@@ -213,42 +239,51 @@ kvs_status_e kvs_replay_unit(const kvs_replay_trace_t *rt, const kvs_kernel_spec
         .n_kv_heads = s->n_kv_heads, .layer = layer, .kv_head = kv_head, .seed = seed,
     };
     unit_data_t u = {0};
-    kvs_metrics_acc_t *acc[64] = {0};
+    stream_kernel_t *sks = calloc(n_kernels ? n_kernels : 1, sizeof *sks);
     kvs_kernel_spec_t *reference_spec = NULL;
-    kvs_kernel_t *kernel = NULL, *reference = NULL;
-    kvs_status_e rc;
+    kvs_kernel_t *reference = NULL;
+    kvs_status_e rc = KVS_OK;
 
-    memset(res, 0, sizeof *res);
-    res->group = group;
+    KVS_RETURN_IF(!sks, KVS_ERR_NOMEM, "out of memory");
     KVS_RETURN_IF(group == 0 || group > 64, KVS_ERR_UNSUPPORTED,
                   "%u query heads per KV head in %s; kvsim supports 1 to 64", group, rt->path);
+    for (uint32_t i = 0; i < n_kernels; i++) {
+        memset(&results[i], 0, sizeof results[i]);
+        results[i].group = group;
+        sks[i].spec = specs[i];
+        sks[i].res = &results[i];
+    }
 
     rc = load_unit(rt, layer, kv_head, &u);
-    for (uint32_t g = 0; rc == KVS_OK && g < group; g++) {
-        acc[g] = kvs_metrics_acc_create();
-        if (!acc[g])
-            rc = kvs_fail(KVS_ERR_NOMEM, "out of memory for metrics");
+    for (uint32_t i = 0; rc == KVS_OK && i < n_kernels; i++) {
+        for (uint32_t g = 0; rc == KVS_OK && g < group; g++) {
+            sks[i].acc[g] = kvs_metrics_acc_create();
+            if (!sks[i].acc[g])
+                rc = kvs_fail(KVS_ERR_NOMEM, "out of memory for metrics");
+        }
+        if (rc == KVS_OK)
+            rc = kvs_kernel_create(specs[i], &dims, &sks[i].kernel);
     }
-    if (rc == KVS_OK)
-        rc = kvs_kernel_create(spec, &dims, &kernel);
     if (rc == KVS_OK)
         rc = kvs_kernel_spec_parse(KVS_REFERENCE_SPEC, &reference_spec);
     if (rc == KVS_OK)
         rc = kvs_kernel_create(reference_spec, &dims, &reference);
     if (rc == KVS_OK)
-        rc = run_stream(rt, spec, kernel, reference, eval_mask, &u, acc, res);
-    if (rc == KVS_OK)
-        rc = collect(acc, group, kv_head * group, res);
+        rc = run_stream(rt, sks, n_kernels, reference, eval_mask, &u);
+    for (uint32_t i = 0; rc == KVS_OK && i < n_kernels; i++)
+        rc = collect(sks[i].acc, group, kv_head * group, &results[i]);
     if (rc != KVS_OK)
-        kvs_error_prefix("%s, kernel '%s', layer %u, KV head %u", rt->path, kvs_kernel_spec_text(spec),
-                         layer, kv_head);
+        kvs_error_prefix("%s, layer %u, KV head %u", rt->path, layer, kv_head);
 
-    kvs_kernel_destroy(kernel);
+    for (uint32_t i = 0; i < n_kernels; i++) {
+        kvs_kernel_destroy(sks[i].kernel);
+        for (uint32_t g = 0; g < group; g++)
+            kvs_metrics_acc_destroy(sks[i].acc[g]);
+    }
     kvs_kernel_destroy(reference);
     kvs_kernel_spec_free(reference_spec);
-    for (uint32_t g = 0; g < group; g++)
-        kvs_metrics_acc_destroy(acc[g]);
     unit_data_free(&u);
+    free(sks);
     return rc;
 }
 

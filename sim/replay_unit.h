@@ -51,11 +51,14 @@ typedef struct kvs_unit_result {
 uint32_t kvs_eval_positions(const kvs_eval_plan_t *plan, uint32_t n_tokens, uint32_t n_prompt,
                             uint8_t *eval_mask);
 
-/* Runs one unit: streams the layer's k, k_pre and v for kv_head into a
-** fresh kernel and compares at evaluated positions. */
-kvs_status_e kvs_replay_unit(const kvs_replay_trace_t *rt, const kvs_kernel_spec_t *spec,
-                             uint64_t seed, uint32_t layer, uint32_t kv_head,
-                             const uint8_t *eval_mask, kvs_unit_result_t *res);
+/* Runs the units of one (layer, KV head) stream, one per kernel, in a
+** single pass: the layer's k, k_pre and v for kv_head go into a fresh
+** instance of every kernel, and at evaluated positions each is compared
+** with the reference, which is computed once per position. results has
+** n_kernels entries, filled in the order of specs. */
+kvs_status_e kvs_replay_stream(const kvs_replay_trace_t *rt, const kvs_kernel_spec_t *const *specs,
+                               uint32_t n_kernels, uint64_t seed, uint32_t layer, uint32_t kv_head,
+                               const uint8_t *eval_mask, kvs_unit_result_t *results);
 
 void kvs_unit_result_free(kvs_unit_result_t *res);
 
