@@ -378,6 +378,7 @@ static kvs_status_e load_vocab(const load_ctx_t *ctx, const json_t *vocab, uint3
 {
     kvs_tokenizer_t *tok = ctx->tok;
     const char *key;
+    size_t key_len;
     json_t *value;
 
     if (!json_is_object(vocab))
@@ -385,7 +386,10 @@ static kvs_status_e load_vocab(const load_ctx_t *ctx, const json_t *vocab, uint3
                    type_name(vocab));
     KVS_FORWARD(kvs_tok_strmap_init(&tok->model_vocab, json_object_size(vocab)));
     *max_id = 0;
-    json_object_foreach((json_t *)vocab, key, value) {
+    /* NOTE: jansson rejects "\u0000" in object keys while parsing, so a
+    ** vocabulary token containing NUL cannot load; the lengths are exact
+    ** for every other key. */
+    json_object_keylen_foreach((json_t *)vocab, key, key_len, value) {
         char path[128];
         int32_t id, previous;
 
@@ -395,7 +399,7 @@ static kvs_status_e load_vocab(const load_ctx_t *ctx, const json_t *vocab, uint3
             *max_id = (uint32_t)id;
         /* Keys point into the JSON document until the id table owns
         ** copies; see take_vocab_keys. */
-        KVS_FORWARD(kvs_tok_strmap_put(&tok->model_vocab, key, strlen(key), id, &previous));
+        KVS_FORWARD(kvs_tok_strmap_put(&tok->model_vocab, key, key_len, id, &previous));
     }
     return KVS_OK;
 }

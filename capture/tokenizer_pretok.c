@@ -55,8 +55,9 @@ int kvs_tok_byte_of_char(int32_t cp)
 
 /* The GPT-2 pattern, 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+|
 ** ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+, with \s spelled out as the White_Space
-** property: that is what Oniguruma's \s matches in the reference library,
-** while PCRE2's \s would also match U+180E and, without UCP, miss U+0085. */
+** property. That is the set Oniguruma's \s matches in the reference
+** library. PCRE2's \s matches only ASCII whitespace without UCP, and also
+** U+180E with it. */
 #define WS "\\t\\n\\x{0B}\\f\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}" \
            "\\x{202F}\\x{205F}\\x{3000}"
 static const char split_pattern[] =

@@ -746,6 +746,20 @@ START_TEST(ignore_merges_takes_whole_word)
 }
 END_TEST
 
+START_TEST(vocab_key_with_nul_rejected)
+{
+    /* jansson cannot hold "\u0000" in an object key, so such a file fails
+    ** with a message rather than loading with a truncated token. */
+    char *json = with(tiny_json, "\"abc\": 5,", "\"abc\": 5, \"x\\u0000y\": 10,");
+    kvs_tokenizer_t *tok;
+
+    ck_assert_int_eq(kvs_tokenizer_load_json(json, strlen(json), NULL, 0, "tiny.json", &tok),
+                     KVS_ERR_TOKENIZER);
+    ck_assert_ptr_nonnull(strstr(kvs_error_message(), "NUL"));
+    free(json);
+}
+END_TEST
+
 typedef struct bad_case {
     const char *from;
     const char *to;
@@ -919,6 +933,7 @@ int main(void)
     tcase_add_test(tiny, unknown_and_byte_fallback);
     tcase_add_test(tiny, merges_as_pairs_load);
     tcase_add_test(tiny, ignore_merges_takes_whole_word);
+    tcase_add_test(tiny, vocab_key_with_nul_rejected);
     tcase_add_test(tiny, malformed_files_name_problem);
     tcase_add_test(tiny, truncated_and_non_object_files);
     tcase_add_test(tiny, config_names_special_tokens);
