@@ -2,13 +2,13 @@
 ** capture.c: run a model over a prompt and stream q, k, k_pre and v into a
 ** trace.
 **
-** Positions: the trace holds n_prompt + n_generated positions. Every
+** Positions: the trace contains n_prompt + n_generated positions. Every
 ** generated token, the last one included, is fed back through the model,
 ** so each generated token has its own q/k/v rows; the logits of the last
 ** one are not computed because nothing is sampled from them.
 **
 ** Metadata keys (JSON object): format "kvsim-trace", engine_version,
-** capture_time (UTC ISO 8601), model (folder name), model_path, synthetic,
+** capture_time (UTC ISO 8601), model (kvs_model_name), model_path, synthetic,
 ** weight_dtype, model_config (the config.json fields the forward pass
 ** uses), dtype (trace storage), tokenizer (when tokenizer.json exists),
 ** prompt_ids, generated_ids, generated_text (when tokenizer.json loads),
@@ -236,7 +236,6 @@ static int is_eos(const kvs_model_config_t *c, int32_t token)
 
 static kvs_status_e check_opts(const kvs_capture_opts_t *o)
 {
-    KVS_RETURN_IF(!o->model_dir || !*o->model_dir, KVS_ERR_USAGE, "no model folder given");
     KVS_RETURN_IF(!o->out_path || !*o->out_path, KVS_ERR_USAGE, "no output trace path given");
     KVS_RETURN_IF(!o->prompt_ids || o->n_prompt == 0, KVS_ERR_USAGE,
                   "the prompt is empty; give at least one token id");
@@ -277,9 +276,12 @@ static kvs_status_e run(const kvs_capture_opts_t *o, capture_state_t *s, kvs_cap
     recorder_t rec;
     run_info_t info = {o, NULL, NULL, 0, 0, 0, 0.0, 0.0};
 
-    KVS_FORWARD(kvs_model_load(o->model_dir, &s->model));
+    char model_dir[4096];
+    KVS_FORWARD(kvs_model_resolve(o->model_dir, model_dir, sizeof model_dir));
+    KVS_FORWARD(kvs_model_load(model_dir, &s->model));
     const kvs_model_config_t *c = kvs_model_get_config(s->model);
     info.model = s->model;
+
     for (uint32_t i = 0; i < o->n_prompt; i++)
         KVS_RETURN_IF(o->prompt_ids[i] < 0 || (uint32_t)o->prompt_ids[i] >= c->vocab_size,
                       KVS_ERR_TOKEN,

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define DEFAULT_CHUNK 256u
+#define DEFAULT_CHUNK 512u
 /* Rows of a BF16/F16 weight converted to F32 per OpenBLAS call in prefill:
 ** a 256-row panel of the widest SmolLM2 matrix is 8 MB, and each panel is
 ** reused by every token of the chunk. */
@@ -431,7 +431,7 @@ static kvs_status_e setup(kvs_forward_t *f, uint32_t n_threads)
                   KVS_ERR_NOMEM,
                   "out of memory for a KV cache of %u positions (%.1f MB); use fewer tokens",
                   f->max_seq, 2.0 * cache * sizeof(float) / 1e6);
-    KVS_FORWARD(alloc_scratch(f, DEFAULT_CHUNK));
+    KVS_FORWARD(alloc_scratch(f, f->max_seq < DEFAULT_CHUNK ? f->max_seq : DEFAULT_CHUNK));
 
     fill_rope(f);
     for (uint32_t l = 0; l < c->n_layers; l++) {

@@ -4,6 +4,7 @@
 #include "../common/fsutil.h"
 #include "safetensors.h"
 
+#include <dirent.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -201,6 +202,35 @@ static kvs_status_e bind_all(kvs_model_t *m)
     return KVS_OK;
 }
 
+/* "OWNER/NAME" for a hub cache snapshot .../models--OWNER--NAME/snapshots/REV
+** (the first len bytes of dir), whose own folder name is only a commit
+** hash; NULL for any other path. */
+static char *hub_repo_name(const char *dir, size_t len)
+{
+    char *copy = strndup(dir, len), *out = NULL;
+
+    if (!copy)
+        return NULL;
+    char *rev = strrchr(copy, '/');
+    if (rev && rev > copy) {
+        *rev = '\0';
+        char *snap = strrchr(copy, '/');
+        if (snap && !strcmp(snap + 1, "snapshots")) {
+            *snap = '\0';
+            char *repo = strrchr(copy, '/');
+            repo = repo ? repo + 1 : copy;
+            char *sep;
+            if (!strncmp(repo, "models--", 8) && (sep = strstr(repo + 8, "--"))) {
+                size_t owner = (size_t)(sep - (repo + 8));
+                if (asprintf(&out, "%.*s/%s", (int)owner, repo + 8, sep + 2) < 0)
+                    out = NULL;
+            }
+        }
+    }
+    free(copy);
+    return out;
+}
+
 static kvs_status_e load(kvs_model_t *m, const char *dir)
 {
     char path[4096];
@@ -220,7 +250,9 @@ static kvs_status_e load(kvs_model_t *m, const char *dir)
     size_t start = len;
     while (start > 0 && dir[start - 1] != '/')
         start--;
-    m->name = strndup(dir + start, len - start);
+    m->name = hub_repo_name(dir, len);
+    if (!m->name)
+        m->name = strndup(dir + start, len - start);
     KVS_RETURN_IF(!m->name, KVS_ERR_NOMEM, "out of memory");
 
     KVS_FORWARD(kvs_path_join(path, sizeof path, dir, "config.json"));
@@ -335,4 +367,89 @@ const char *kvs_model_name(const kvs_model_t *m)
 const char *kvs_model_dir(const kvs_model_t *m)
 {
     return m->dir;
+}
+
+static int dir_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* The hub cache folder, following huggingface_hub's environment variables. */
+static void hub_cache_dir(char *out, size_t cap)
+{
+    const char *cache = getenv("HF_HUB_CACHE"), *home = getenv("HF_HOME");
+
+    if (cache && *cache)
+        snprintf(out, cap, "%s", cache);
+    else if (home && *home)
+        snprintf(out, cap, "%s/hub", home);
+    else
+        snprintf(out, cap, "%s/.cache/huggingface/hub", getenv("HOME") ? getenv("HOME") : "");
+}
+
+/* Picks the snapshot of repo folder base: the one refs/main names, else
+** the first snapshot (in name order) that contains a config.json. */
+static int pick_snapshot(const char *base, char *out, size_t cap)
+{
+    char path[4608], rev[128] = "";
+    FILE *fp;
+
+    snprintf(path, sizeof path, "%s/refs/main", base);
+    if ((fp = fopen(path, "r"))) {
+        if (fgets(rev, sizeof rev, fp))
+            rev[strcspn(rev, "\r\n")] = '\0';
+        fclose(fp);
+        if (rev[0] && !strchr(rev, '/')) {
+            snprintf(out, cap, "%s/snapshots/%s", base, rev);
+            if (dir_exists(out))
+                return 1;
+        }
+    }
+
+    struct dirent **names;
+    snprintf(path, sizeof path, "%s/snapshots", base);
+    int n = scandir(path, &names, NULL, alphasort), found = 0;
+    for (int i = 0; i < n; i++) {
+        char cfg[4992];
+        if (!found && names[i]->d_name[0] != '.') {
+            snprintf(cfg, sizeof cfg, "%s/%s/config.json", path, names[i]->d_name);
+            if (file_exists(cfg)) {
+                snprintf(out, cap, "%s/%s", path, names[i]->d_name);
+                found = 1;
+            }
+        }
+        free(names[i]);
+    }
+    if (n >= 0)
+        free(names);
+    return found;
+}
+
+kvs_status_e kvs_model_resolve(const char *name, char *out, size_t cap)
+{
+    char cache[4096], base[4400];
+
+    if (!name || !*name)
+        name = getenv("KVSIM_MODEL");
+    KVS_RETURN_IF(!name || !*name, KVS_ERR_NOT_FOUND,
+                  "no model given; pass --model DIR or a Hugging Face id, or set KVSIM_MODEL");
+    if (dir_exists(name)) {
+        KVS_RETURN_IF(strlen(name) >= cap, KVS_ERR_INVALID, "model path %s is too long", name);
+        snprintf(out, cap, "%s", name);
+        return KVS_OK;
+    }
+
+    /* A repository id is OWNER/NAME with no other slash. */
+    const char *slash = strchr(name, '/');
+    KVS_RETURN_IF(!slash || slash == name || !slash[1] || strchr(slash + 1, '/') ||
+                      strstr(name, ".."),
+                  KVS_ERR_NOT_FOUND, "model folder %s not found", name);
+    hub_cache_dir(cache, sizeof cache);
+    snprintf(base, sizeof base, "%s/models--%.*s--%s", cache, (int)(slash - name), name, slash + 1);
+    KVS_RETURN_IF(!pick_snapshot(base, out, cap), KVS_ERR_NOT_FOUND,
+                  "model %s not found: no folder of that name and no snapshot with config.json "
+                  "under %s/snapshots (download it with huggingface-cli, or pass its folder)",
+                  name, base);
+    return KVS_OK;
 }

@@ -87,6 +87,14 @@ typedef struct kvs_layer_weights {
 
 typedef struct kvs_model kvs_model_t;
 
+/* Resolves where a model lives into out (cap bytes). name is a folder, or
+** a Hugging Face repository id such as "HuggingFaceTB/SmolLM2-135M" looked
+** up in the hub cache ($HF_HUB_CACHE, else $HF_HOME/hub, else
+** ~/.cache/huggingface/hub) as models--OWNER--NAME/snapshots/REV, with REV
+** from refs/main when present. NULL or "" reads $KVSIM_MODEL. Fails with
+** KVS_ERR_NOT_FOUND naming the places searched. */
+kvs_status_e kvs_model_resolve(const char *name, char *out, size_t cap);
+
 /* Loads the model folder dir. Errors name the folder or file and, for
 ** tensor problems, the tensor: KVS_ERR_NOT_FOUND (no config.json or no
 ** safetensors), KVS_ERR_CONFIG, KVS_ERR_UNSUPPORTED, KVS_ERR_SAFETENSORS
@@ -105,7 +113,8 @@ kvs_wtype_e kvs_model_weight_type(const kvs_model_t *m);
 /* Bytes of weights one decode step reads: every linear weight, the norms
 ** and the output head (the embedding row lookup is not counted). */
 uint64_t kvs_model_decode_bytes(const kvs_model_t *m);
-/* The folder name (last path component), for metadata. */
+/* The folder name (last path component), or OWNER/NAME for a hub cache
+** snapshot folder, whose own name is a commit hash; for metadata. */
 const char *kvs_model_name(const kvs_model_t *m);
 const char *kvs_model_dir(const kvs_model_t *m);
 

@@ -29,7 +29,9 @@ typedef struct synth_shape {
 
 /* SmolLM2 configs (HuggingFaceTB/SmolLM2-*, config.json). All three share
 ** vocab 49152, rms_norm_eps 1e-5, tied embeddings, BOS 1, EOS 2 and 8192
-** positions. */
+** positions.
+** NOTE: only the 135M row was checked against a real config.json; the 360M
+** and 1.7B rows (including rope_theta 130000 for 1.7B) are unverified. */
 static const synth_shape_t shapes[] = {
     {"smollm2-135m", 576, 1536, 30, 9, 3, 64, 100000.0},
     {"smollm2-360m", 960, 2560, 32, 15, 5, 64, 100000.0},

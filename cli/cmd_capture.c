@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include "../capture/capture.h"
+#include "../capture/model.h"
 #include "../capture/tokenizer.h"
 #include "../common/fsutil.h"
 
@@ -23,7 +24,10 @@ static const char usage_text[] =
     "trace. The trace holds the prompt and every generated token, the last one\n"
     "included (n_prompt + n_generated positions).\n"
     "\n"
-    "  --model DIR          model folder ('kvsim model synth' makes a synthetic one)\n"
+    "  --model DIR|ID       model folder ('kvsim model synth' makes a synthetic one), or a\n"
+    "                       Hugging Face id (OWNER/NAME) found in the hub cache\n"
+    "                       (~/.cache/huggingface/hub, or $HF_HUB_CACHE / $HF_HOME/hub);\n"
+    "                       default $KVSIM_MODEL\n"
     "  --prompt-ids LIST    comma-separated token ids, each below the vocabulary size\n"
     "  --prompt TEXT        prompt text, encoded with DIR/tokenizer.json; the\n"
     "                       post-processor runs, so Llama 2 models get BOS\n"
@@ -236,8 +240,8 @@ int kvs_cmd_capture(int argc, char **argv)
         }
     }
 
-    if (!opts.model_dir)
-        return kvs_cli_usage_error(cmd, "--model DIR is required");
+    if (!opts.model_dir && !getenv("KVSIM_MODEL"))
+        return kvs_cli_usage_error(cmd, "--model DIR is required (or set KVSIM_MODEL)");
     if (!opts.out_path)
         return kvs_cli_usage_error(cmd, "-o FILE is required");
     if (!max_new)
@@ -255,6 +259,12 @@ int kvs_cmd_capture(int argc, char **argv)
         return kvs_cli_usage_error(cmd, "give either --prompt or --prompt-file, not both");
     if (text.system && !text.chat)
         return kvs_cli_usage_error(cmd, "--system needs --chat");
+
+    /* Resolved once here, so the tokenizer and the capture read one folder. */
+    char model_dir[4096];
+    if ((rc = kvs_model_resolve(opts.model_dir, model_dir, sizeof model_dir)) != KVS_OK)
+        return kvs_cli_report_error(cmd, rc);
+    opts.model_dir = model_dir;
 
     rc = ids_text ? parse_ids(ids_text, &ids, &n_ids) : prompt_from_text(&text, &opts, &ids, &n_ids);
     if (rc != KVS_OK)

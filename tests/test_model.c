@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char *stories_dir;
 
@@ -667,6 +668,57 @@ START_TEST(model_untied_head)
 }
 END_TEST
 
+/* A fake hub cache: models--Org--Tiny/snapshots/REV holding stories260K. */
+START_TEST(model_resolve_hub_cache)
+{
+    char *hub = kvs_test_tmpdir("hub");
+    char snap[4200], path[4400], src[4096], out[4096];
+    kvs_model_t *m;
+
+    snprintf(snap, sizeof snap, "%s/models--Org--Tiny/snapshots/abc123", hub);
+    ck_assert_int_eq(kvs_mkdir_p(snap), KVS_OK);
+    for (int i = 0; i < 2; i++) {
+        const char *file = i ? "model.safetensors" : "config.json";
+        snprintf(src, sizeof src, "%s/%s", stories_dir, file);
+        snprintf(path, sizeof path, "%s/%s", snap, file);
+        ck_assert_int_eq(symlink(src, path), 0);
+    }
+    setenv("HF_HUB_CACHE", hub, 1);
+
+    /* Without refs/main the one snapshot with a config.json is taken. */
+    ck_assert_int_eq(kvs_model_resolve("Org/Tiny", out, sizeof out), KVS_OK);
+    ck_assert_str_eq(out, snap);
+    snprintf(path, sizeof path, "%s/models--Org--Tiny/refs", hub);
+    ck_assert_int_eq(kvs_mkdir_p(path), KVS_OK);
+    snprintf(path, sizeof path, "%s/models--Org--Tiny/refs/main", hub);
+    ck_assert_int_eq(kvs_write_file(path, "abc123\n", 7), KVS_OK);
+    ck_assert_int_eq(kvs_model_resolve("Org/Tiny", out, sizeof out), KVS_OK);
+    ck_assert_str_eq(out, snap);
+
+    ck_assert_int_eq(kvs_model_load(out, &m), KVS_OK);
+    ck_assert_str_eq(kvs_model_name(m), "Org/Tiny");
+    kvs_model_destroy(m);
+
+    ck_assert_int_eq(kvs_model_resolve("Org/Missing", out, sizeof out), KVS_ERR_NOT_FOUND);
+    ck_assert_ptr_nonnull(strstr(kvs_error_message(), "models--Org--Missing"));
+    ck_assert_int_eq(kvs_model_resolve("no-such-folder", out, sizeof out), KVS_ERR_NOT_FOUND);
+    ck_assert_int_eq(kvs_model_resolve("Org/../x", out, sizeof out), KVS_ERR_NOT_FOUND);
+
+    /* A folder is taken as it is; no name falls back to KVSIM_MODEL. */
+    ck_assert_int_eq(kvs_model_resolve(stories_dir, out, sizeof out), KVS_OK);
+    ck_assert_str_eq(out, stories_dir);
+    unsetenv("KVSIM_MODEL");
+    ck_assert_int_eq(kvs_model_resolve(NULL, out, sizeof out), KVS_ERR_NOT_FOUND);
+    ck_assert_ptr_nonnull(strstr(kvs_error_message(), "KVSIM_MODEL"));
+    setenv("KVSIM_MODEL", "Org/Tiny", 1);
+    ck_assert_int_eq(kvs_model_resolve("", out, sizeof out), KVS_OK);
+    ck_assert_str_eq(out, snap);
+    unsetenv("KVSIM_MODEL");
+    unsetenv("HF_HUB_CACHE");
+    free(hub);
+}
+END_TEST
+
 START_TEST(model_stories_properties)
 {
     kvs_model_t *m;
@@ -709,6 +761,7 @@ int main(void)
     tcase_add_test(tc, model_corrupt_file_and_missing_folder);
     tcase_add_test(tc, model_sharded_loads);
     tcase_add_test(tc, model_stories_properties);
+    tcase_add_test(tc, model_resolve_hub_cache);
     tcase_add_test(tc, model_half_dtypes_match_f32);
     tcase_add_test(tc, model_untied_head);
     suite_add_tcase(s, tc);
