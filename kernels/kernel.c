@@ -466,11 +466,17 @@ kvs_status_e kvs_kernel_spec_cost(const kvs_kernel_spec_t *spec, const kvs_kerne
             resident = n_context;
         cost_add(out, &c);
     }
+    /* A policy that keeps a share of the context stores that share of the
+    ** codec's bytes for each token of context, so bytes per token compare
+    ** with compression kernels at the same context length. */
+    double share = n_context ? (double)resident / (double)n_context : 1.0;
     memset(&c, 0, sizeof c);
     spec->key.codec->cost(&spec->key.params, dims, KVS_CODEC_KEY, resident, &c);
+    c.bytes_per_token *= share;
     cost_add(out, &c);
     memset(&c, 0, sizeof c);
     spec->value.codec->cost(&spec->value.params, dims, KVS_CODEC_VALUE, resident, &c);
+    c.bytes_per_token *= share;
     cost_add(out, &c);
 
     /* Scaling by 1/sqrt(d) and the softmax: about five operations per

@@ -50,7 +50,10 @@ typedef struct kvs_kernel_dims {
 ** Whole-model figures multiply by n_layers * n_kv_heads. */
 typedef struct kvs_kernel_cost {
     double bytes_per_token;   /* stored bytes per additional token, K and V,
-                                 in steady state (codes, scales, norms...) */
+                                 in steady state (codes, scales, norms...);
+                                 with a selection policy, the codec's bytes
+                                 times the share of the n_context positions
+                                 it keeps resident, plus the policy's own */
     uint64_t stored_bytes;    /* everything stored right after a prefill of
                                  n_context tokens: per-token data, windows,
                                  policy state; shared tables counted once */
