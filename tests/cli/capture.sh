@@ -37,6 +37,25 @@ grep -q "trace:   $out" "$tmp/summary" || fail "summary lacks the output path"
 "$KVSIM" trace info "$out" | grep -q "21 positions, prompt 1, generated 20" || fail "trace info disagrees on positions"
 "$KVSIM" capture --help | grep -q "usage: kvsim capture" || fail "--help"
 
+# Sampling options and a BF16 trace; the same seed gives the same ids.
+for run in 1 2; do
+  "$KVSIM" capture --model "$model" --prompt-ids 1,403 --max-new-tokens 12 --temperature 0.8 \
+    --top-p 0.9 --seed 3 --dtype bf16 --no-stop-at-eos -o "$tmp/sampled$run.kvt" >/dev/null
+done
+"$KVSIM" trace info "$tmp/sampled1.kvt" | grep -q "dtype bf16" || fail "sampled trace is not bf16"
+ids1=$("$KVSIM" trace info "$tmp/sampled1.kvt" --json | grep -A14 '"generated_ids"' | tr -d ' \n')
+ids2=$("$KVSIM" trace info "$tmp/sampled2.kvt" --json | grep -A14 '"generated_ids"' | tr -d ' \n')
+[ "$ids1" = "$ids2" ] || fail "seed 3 gave different ids: $ids1 vs $ids2"
+
+# A Hugging Face id found in a hub cache laid out under HF_HUB_CACHE.
+snap="$tmp/hub/models--Org--Tiny/snapshots/abc123"
+mkdir -p "$snap"
+ln -s "$(cd "$model" && pwd)/config.json" "$snap/config.json"
+ln -s "$(cd "$model" && pwd)/model.safetensors" "$snap/model.safetensors"
+HF_HUB_CACHE="$tmp/hub" "$KVSIM" capture --model Org/Tiny --prompt-ids 1 --max-new-tokens 2 \
+  -o "$tmp/hub.kvt" >/dev/null || fail "capture from a hub id failed"
+"$KVSIM" trace info "$tmp/hub.kvt" | grep -q '"model": "Org/Tiny"' || fail "hub trace does not name Org/Tiny"
+
 bad="$tmp/bad.kvt"
 expect 2 "unknown option '--bogus'" capture --model "$model" --prompt-ids 1 --max-new-tokens 2 -o "$bad" --bogus
 expect 2 "--model" capture --prompt-ids 1 --max-new-tokens 2 -o "$bad"
