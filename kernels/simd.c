@@ -102,6 +102,7 @@ __attribute__((target("avx2,fma"))) static void dot_rows4_avx2(const float *q, u
 
     for (uint32_t i = 0; i < n; i += 8) {
         __m256 xv = _mm256_loadu_ps(x + i);
+#pragma GCC unroll 4
         for (uint32_t r = 0; r < g; r++)
             s[r] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (size_t)r * n + i), xv, s[r]);
     }
@@ -210,4 +211,132 @@ __attribute__((target("avx2,fma"))) static double exp_sum_avx2(const float *x, f
 double kvs_simd_exp_sum(const float *x, float max, float *out, uint32_t n)
 {
     return kvs_simd_avx2() ? exp_sum_avx2(x, max, out, n) : kvs_simd_exp_sum_ref(x, max, out, n);
+}
+
+/* ---- whole-cache dense attention ---------------------------------------- */
+
+/* The query count NQ is a compile-time constant in each instance so that
+** the accumulators stay in registers. */
+__attribute__((target("avx2,fma"), always_inline)) static inline void logits_rows_avx2(
+    const float *q, const float *rows, uint32_t n, uint32_t d, const uint8_t *attend, float *out,
+    uint32_t stride, const uint32_t nq)
+{
+    for (uint32_t t = 0; t < n; t++) {
+        if (!attend[t])
+            continue;
+        const float *x = rows + (size_t)t * d;
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                         _mm256_setzero_ps()};
+        for (uint32_t i = 0; i < d; i += 8) {
+            __m256 xv = _mm256_loadu_ps(x + i);
+#pragma GCC unroll 4
+            for (uint32_t r = 0; r < nq; r++)
+                acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (size_t)r * d + i), xv, acc[r]);
+        }
+        __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+        __m128 dots = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        float dot[4];
+        _mm_storeu_ps(dot, dots);
+#pragma GCC unroll 4
+        for (uint32_t r = 0; r < nq; r++)
+            out[(size_t)r * stride + t] = dot[r];
+    }
+}
+
+/* Accumulates 16 channels of every query in registers over all positions,
+** one channel block at a time. */
+__attribute__((target("avx2,fma"), always_inline)) static inline void wsum_rows_avx2(
+    const float *w, uint32_t w_stride, const float *rows, uint32_t n, uint32_t d,
+    const uint8_t *attend, float *out, const uint32_t nq)
+{
+    for (uint32_t j = 0; j < d; j += 16) {
+        __m256 lo[4], hi[4];
+#pragma GCC unroll 4
+        for (uint32_t r = 0; r < 4; r++)
+            lo[r] = hi[r] = _mm256_setzero_ps();
+        for (uint32_t t = 0; t < n; t++) {
+            if (!attend[t])
+                continue;
+            const float *x = rows + (size_t)t * d + j;
+            __m256 x0 = _mm256_loadu_ps(x), x1 = _mm256_loadu_ps(x + 8);
+#pragma GCC unroll 4
+            for (uint32_t r = 0; r < nq; r++) {
+                __m256 wr = _mm256_broadcast_ss(w + (size_t)r * w_stride + t);
+                lo[r] = _mm256_fmadd_ps(wr, x0, lo[r]);
+                hi[r] = _mm256_fmadd_ps(wr, x1, hi[r]);
+            }
+        }
+#pragma GCC unroll 4
+        for (uint32_t r = 0; r < nq; r++) {
+            float *o = out + (size_t)r * d + j;
+            _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), lo[r]));
+            _mm256_storeu_ps(o + 8, _mm256_add_ps(_mm256_loadu_ps(o + 8), hi[r]));
+        }
+    }
+}
+
+#define DENSE_FOR_QUERIES(NQ)                                                                   \
+    __attribute__((target("avx2,fma"))) static void logits_rows_##NQ(                           \
+        const float *q, const float *rows, uint32_t n, uint32_t d, const uint8_t *attend,       \
+        float *out, uint32_t stride)                                                            \
+    {                                                                                           \
+        logits_rows_avx2(q, rows, n, d, attend, out, stride, NQ);                               \
+    }                                                                                           \
+    __attribute__((target("avx2,fma"))) static void wsum_rows_##NQ(                             \
+        const float *w, uint32_t w_stride, const float *rows, uint32_t n, uint32_t d,           \
+        const uint8_t *attend, float *out)                                                      \
+    {                                                                                           \
+        wsum_rows_avx2(w, w_stride, rows, n, d, attend, out, NQ);                               \
+    }
+DENSE_FOR_QUERIES(1)
+DENSE_FOR_QUERIES(2)
+DENSE_FOR_QUERIES(3)
+DENSE_FOR_QUERIES(4)
+
+void kvs_simd_logits_f32(const float *q, uint32_t g, const float *rows, uint32_t n, uint32_t d,
+                         const uint8_t *attend, float *out, uint32_t out_stride)
+{
+    if (!kvs_simd_avx2() || d % 8 != 0) {
+        for (uint32_t t = 0; t < n; t++) {
+            if (attend[t])
+                for (uint32_t r = 0; r < g; r++)
+                    out[(size_t)r * out_stride + t] =
+                        kvs_simd_dot_f32_ref(q + (size_t)r * d, rows + (size_t)t * d, d);
+        }
+        return;
+    }
+    for (uint32_t r0 = 0; r0 < g; r0 += 4) {
+        const float *qr = q + (size_t)r0 * d;
+        float *o = out + (size_t)r0 * out_stride;
+        switch (g - r0 < 4 ? g - r0 : 4) {
+        case 1: logits_rows_1(qr, rows, n, d, attend, o, out_stride); break;
+        case 2: logits_rows_2(qr, rows, n, d, attend, o, out_stride); break;
+        case 3: logits_rows_3(qr, rows, n, d, attend, o, out_stride); break;
+        default: logits_rows_4(qr, rows, n, d, attend, o, out_stride); break;
+        }
+    }
+}
+
+void kvs_simd_wsum_f32(const float *w, uint32_t g, uint32_t w_stride, const float *rows,
+                       uint32_t n, uint32_t d, const uint8_t *attend, float *out)
+{
+    if (!kvs_simd_avx2() || d % 16 != 0) {
+        for (uint32_t t = 0; t < n; t++) {
+            if (attend[t])
+                for (uint32_t r = 0; r < g; r++)
+                    kvs_simd_axpy_f32_ref(out + (size_t)r * d, w[(size_t)r * w_stride + t],
+                                          rows + (size_t)t * d, d);
+        }
+        return;
+    }
+    for (uint32_t r0 = 0; r0 < g; r0 += 4) {
+        const float *wr = w + (size_t)r0 * w_stride;
+        float *o = out + (size_t)r0 * d;
+        switch (g - r0 < 4 ? g - r0 : 4) {
+        case 1: wsum_rows_1(wr, w_stride, rows, n, d, attend, o); break;
+        case 2: wsum_rows_2(wr, w_stride, rows, n, d, attend, o); break;
+        case 3: wsum_rows_3(wr, w_stride, rows, n, d, attend, o); break;
+        default: wsum_rows_4(wr, w_stride, rows, n, d, attend, o); break;
+        }
+    }
 }

@@ -29,6 +29,17 @@ void kvs_simd_axpy_f32_ref(float *y, float alpha, const float *x, uint32_t n);
 void kvs_simd_dot_rows_f32(const float *q, uint32_t g, const float *x, uint32_t n, float *out,
                       uint32_t out_stride);
 
+/* Logits of g queries q (g, d) against rows (n, d) of F32, for positions
+** with attend[t] != 0: out[r * out_stride + t] = q_r . row_t. Other entries
+** are left alone. */
+void kvs_simd_logits_f32(const float *q, uint32_t g, const float *rows, uint32_t n, uint32_t d,
+                         const uint8_t *attend, float *out, uint32_t out_stride);
+
+/* Weighted sums of rows (n, d) of F32 for g queries: out[r * d + j] +=
+** sum over attended t of w[r * w_stride + t] * row_t[j]. */
+void kvs_simd_wsum_f32(const float *w, uint32_t g, uint32_t w_stride, const float *rows,
+                       uint32_t n, uint32_t d, const uint8_t *attend, float *out);
+
 /* out[i] = exp(x[i] - max) for x[i] <= max, 0 for x[i] = -infinity, and
 ** returns the sum of out. The vector path evaluates exp by range reduction
 ** to [-ln2/2, ln2/2] and a degree-7 Taylor polynomial, within about 2 ulp

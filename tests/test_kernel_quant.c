@@ -201,6 +201,8 @@ START_TEST(vector_matches_scalar_paths)
     static const char *const specs[] = {
         "quanto:bits=4", "quanto:bits=2,exec=compressed", "kivi:bits=2", "kivi:bits=4,exec=storage",
         "affine:bits=8", "affine:bits=1,exec=compressed", "dense:dtype=bf16", "dense:dtype=f16",
+        "dense", "affine:bits=4,group=32", "affine:bits=2,group=16,scale_dtype=f16",
+        "hqq:bits=4,exec=compressed", "kivi:bits=2,exec=storage",
     };
     enum { N = 300 };
     float *keys = malloc(sizeof(float) * N * D), *vals = malloc(sizeof(float) * N * D);

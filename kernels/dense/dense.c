@@ -95,6 +95,10 @@ static void dense_logits(void *state, const float *q, uint32_t group, const uint
 {
     dense_state_t *s = state;
 
+    if (s->fmt == KVS_FP_F32) {
+        kvs_simd_logits_f32(q, group, (const float *)s->rows, n, s->d, attend, out, n);
+        return;
+    }
     for (uint32_t t = 0; t < n; t++) {
         if (attend[t])
             kvs_simd_dot_rows_f32(q, group, dense_row(s, t), s->d, out + t, n);
@@ -106,6 +110,10 @@ static void dense_output(void *state, const float *w, uint32_t group, const uint
 {
     dense_state_t *s = state;
 
+    if (s->fmt == KVS_FP_F32) {
+        kvs_simd_wsum_f32(w, group, n, (const float *)s->rows, n, s->d, attend, out);
+        return;
+    }
     for (uint32_t t = 0; t < n; t++) {
         if (!attend[t])
             continue;

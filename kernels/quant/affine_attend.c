@@ -165,6 +165,13 @@ static int logits_codes_channel(kvs_affine_t *a, const float *q, uint32_t group,
             }
             cst[g] = c;
         }
+        if (kvs_affine_fused_channel_ok(a)) {
+            for (uint32_t g0 = 0; g0 < group; g0 += 4)
+                kvs_affine_fused_block_logits(a, qs + (size_t)g0 * d,
+                                              group - g0 < 4 ? group - g0 : 4, cst + g0, attend,
+                                              b0, b0 + gs, n, out + (size_t)g0 * n);
+            continue;
+        }
         for (uint32_t t = b0; t < b0 + gs; t++) {
             if (!attend[t])
                 continue;
@@ -221,10 +228,8 @@ void kvs_affine_logits(kvs_affine_t *a, const float *q, uint32_t group, const ui
     } else {
         const float *dense = dense_copy(a);
         failed = !dense;
-        for (uint32_t t = 0; dense && t < a->nq + a->nw; t++) {
-            if (attend[t])
-                kvs_simd_dot_rows_f32(q, group, dense + (size_t)t * a->cfg.d, a->cfg.d, out + t, n);
-        }
+        if (dense)
+            kvs_simd_logits_f32(q, group, dense, a->nq + a->nw, a->cfg.d, attend, out, n);
     }
     /* NOTE: the hook cannot return a status, so running out of memory for
     ** scratch leaves NaN logits, which cannot pass for a result. */
@@ -371,12 +376,8 @@ void kvs_affine_output(kvs_affine_t *a, const float *w, uint32_t group, const ui
     } else {
         const float *dense = dense_copy(a);
         failed = !dense;
-        for (uint32_t t = 0; dense && t < a->nq + a->nw; t++) {
-            if (!attend[t])
-                continue;
-            for (uint32_t g = 0; g < group; g++)
-                kvs_simd_axpy_f32(out + (size_t)g * d, w[(size_t)g * n + t], dense + (size_t)t * d, d);
-        }
+        if (dense)
+            kvs_simd_wsum_f32(w, group, n, dense, a->nq + a->nw, d, attend, out);
     }
     if (failed) {
         for (size_t i = 0; i < (size_t)group * d; i++)

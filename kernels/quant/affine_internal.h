@@ -58,6 +58,12 @@ void kvs_affine_decode_all_params(const kvs_affine_t *a, float *s, float *m);
 void kvs_affine_fused_logits(const kvs_affine_t *a, const float *q, uint32_t nq4,
                              const float *qsum, const float *s, const float *m,
                              const uint8_t *attend, uint32_t n, float *out);
+/* Per-channel blocks: logits of positions [t0, t1) of one block for up to
+** four queries already scaled by the block's steps, plus constant[g]. */
+int kvs_affine_fused_channel_ok(const kvs_affine_t *a);
+void kvs_affine_fused_block_logits(const kvs_affine_t *a, const float *q_scaled, uint32_t nq4,
+                                   const float *constant, const uint8_t *attend, uint32_t t0,
+                                   uint32_t t1, uint32_t n, float *out);
 void kvs_affine_fused_output(const kvs_affine_t *a, const float *coef, uint32_t nq4,
                              const uint8_t *attend, float *out);
 

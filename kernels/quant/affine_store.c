@@ -5,6 +5,10 @@
 #include "affine_internal.h"
 #include "pack.h"
 
+#include "../simd.h"
+
+#include <immintrin.h>
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -81,13 +85,61 @@ float *kvs_affine_scratch(kvs_affine_t *a, size_t n)
     return a->qbuf;
 }
 
+__attribute__((target("avx2,f16c"))) static void f16_pairs_f16c(const uint16_t *h, uint32_t count,
+                                                                float *s, float *m)
+{
+    uint32_t i = 0;
+
+    for (; i + 4 <= count; i += 4) {
+        /* Four (step, offset) pairs: deinterleave after widening. */
+        __m256 v = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + 2 * i)));
+        __m256 even = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+        _mm_storeu_ps(s + i, _mm256_castps256_ps128(even));
+        _mm_storeu_ps(m + i, _mm256_extractf128_ps(even, 1));
+    }
+    for (; i < count; i++) {
+        s[i] = kvs_fp_f16_to_f32(h[2 * i]);
+        m[i] = kvs_fp_f16_to_f32(h[2 * i + 1]);
+    }
+}
+
 void kvs_affine_decode_pairs(const kvs_affine_t *a, const uint8_t *p, uint32_t count, float *s,
                              float *m)
 {
-    for (uint32_t i = 0; i < count; i++) {
-        float pair[2];
-        kvs_fp_decode(a->cfg.param_fmt, p + (size_t)i * 2 * a->param_size, pair, 2);
-        kvs_fit_decode(a->cfg.fit, pair[0], pair[1], s + i, m + i);
+    static int has_f16c = -1;
+    const uint16_t *h = (const uint16_t *)p;
+
+    switch (a->cfg.param_fmt) {
+    case KVS_FP_BF16:
+        for (uint32_t i = 0; i < count; i++) {
+            s[i] = kvs_fp_bf16_to_f32(h[2 * i]);
+            m[i] = kvs_fp_bf16_to_f32(h[2 * i + 1]);
+        }
+        break;
+    case KVS_FP_F16:
+        if (has_f16c < 0)
+            has_f16c = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+        if (has_f16c && kvs_simd_avx2()) {
+            f16_pairs_f16c(h, count, s, m);
+        } else {
+            for (uint32_t i = 0; i < count; i++) {
+                s[i] = kvs_fp_f16_to_f32(h[2 * i]);
+                m[i] = kvs_fp_f16_to_f32(h[2 * i + 1]);
+            }
+        }
+        break;
+    default:
+        for (uint32_t i = 0; i < count; i++) {
+            float pair[2];
+            kvs_fp_decode(a->cfg.param_fmt, p + (size_t)i * 2 * a->param_size, pair, 2);
+            s[i] = pair[0];
+            m[i] = pair[1];
+        }
+        break;
+    }
+    if (a->cfg.fit != KVS_FIT_MINMAX) {
+        for (uint32_t i = 0; i < count; i++)
+            kvs_fit_decode(a->cfg.fit, s[i], m[i], s + i, m + i);
     }
 }
 
