@@ -10,7 +10,7 @@
 ** before cos/sin. Attention is causal, grouped-query (query head h reads KV
 ** head h / (n_heads / n_kv_heads)) and scaled by 1/sqrt(head_dim).
 **
-** The state holds the KV cache of the tokens run so far. Several tokens at
+** The state keeps the KV cache of the tokens run so far. Several tokens at
 ** once (prefill) go through OpenBLAS matrix products; one token (decode)
 ** goes through the bandwidth-bound matrix-vector kernels of matvec.h, split
 ** over a thread pool.

@@ -146,8 +146,8 @@ static kvs_status_e bind(kvs_model_t *m, const char *name, uint32_t rows, uint32
     w->cols = cols ? cols : rows;
     w->data = kvs_st_base(file) + t->offset;
 
-    /* Headers need not pad the data area, so a tensor can start at any byte;
-    ** the kernels read whole elements, so such a tensor gets an aligned copy. */
+    /* Headers need not pad the data area, so a tensor can start at any byte.
+    ** The kernels read whole elements, so such a tensor gets an aligned copy. */
     size_t esize = kvs_wtype_size(t->type);
     if ((uintptr_t)w->data % esize) {
         void **grown = realloc(m->copies, (m->n_copies + 1) * sizeof *grown);

@@ -34,8 +34,8 @@ size_t kvs_wtype_size(kvs_wtype_e type)
     return type == KVS_WTYPE_F32 ? 4 : 2;
 }
 
-/* Safetensors dtypes kvsim does not compute with; listed so the message
-** can say "F64 is not supported" instead of "unknown dtype". */
+/* Safetensors dtypes kvsim does not compute with, listed so that the
+** message names them as unsupported rather than unknown. */
 static int is_known_other_dtype(const char *s)
 {
     static const char *const others[] = {"F64", "I64", "I32", "I16", "I8", "U64", "U32",

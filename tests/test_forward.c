@@ -116,10 +116,10 @@ static kvs_status_e observe(void *ctx, const kvs_forward_rows_t *rows)
     return KVS_OK;
 }
 
-/* A 41-token prompt prefilled in chunks of 16 (so chunk boundaries and the
-** one-token remainder are covered), then 23 greedy decode steps; every
-** recorded row must match the double reference within 1e-5 relative to
-** the largest magnitude of its (kind, layer). */
+/* A 41-token prompt prefilled in chunks of 16, 16 and 9 tokens (so chunk
+** boundaries and a partial last chunk are covered), then 23 greedy decode
+** steps. Every recorded row must match the double reference within 1e-5
+** relative to the largest magnitude of its (kind, layer). */
 START_TEST(stories_records_match_double_reference)
 {
     static const char *const kinds[4] = {"q", "k", "k_pre", "v"};
