@@ -77,7 +77,11 @@ START_TEST(fast_path_matches_reference)
     float w[3 * 333], out_fast[3 * D], out_ref[3 * D];
     uint8_t attend[333];
     kvs_rot_rng_t rng;
-    const char *variants[] = {"bits=1", "bits=3", "bits=2,outliers=0.125,outlier_bits=16"};
+    const char *variants[][2] = {{"bits=1", "bits=1,path=ref"},
+                                 {"bits=3", "bits=3,path=ref"},
+                                 {"bits=2,outliers=0.125,outlier_bits=16",
+                                  "bits=2,outliers=0.125,outlier_bits=16,path=ref"},
+                                 {"bits=3,path=avx2", "bits=3,path=ref"}};
 
     kvs_rot_rng_init(&rng, 8);
     rt_random_normal(&rng, k, n * D, 1.0);
@@ -85,13 +89,11 @@ START_TEST(fast_path_matches_reference)
     memset(attend, 1, sizeof attend);
     for (uint32_t i = 0; i < group * n; i++)
         w[i] = (float)kvs_rot_rng_uniform(&rng) / n;
-    for (size_t v = 0; v < 3; v++) {
-        char ref_params[96];
+    for (size_t v = 0; v < 4; v++) {
         void *a, *b;
 
-        snprintf(ref_params, sizeof ref_params, "%s,path=ref", variants[v]);
-        a = rt_stream(&kvs_codec_qjl, variants[v], &dims, k, n, 1);
-        b = rt_stream(&kvs_codec_qjl, ref_params, &dims, k, n, 1);
+        a = rt_stream(&kvs_codec_qjl, variants[v][0], &dims, k, n, 1);
+        b = rt_stream(&kvs_codec_qjl, variants[v][1], &dims, k, n, 1);
         kvs_codec_qjl.logits(a, q, group, attend, n, fast);
         kvs_codec_qjl.logits(b, q, group, attend, n, ref);
         for (uint32_t i = 0; i < group * n; i++)

@@ -159,6 +159,23 @@ static void check_logits_against_decode(const char *params, int prod)
     codec->logits(st_fast, q, group, attend, n, fast);
     codec->logits(st_ref, q, group, attend, n, ref);
 
+    /* The AVX2 gather path (scalar loads without AVX2) against the same
+    ** reference. */
+    {
+        char avx_params[128];
+        float *avx = malloc((size_t)group * n * sizeof *avx);
+        void *st_avx;
+
+        snprintf(avx_params, sizeof avx_params, "%s,path=avx2", params);
+        st_avx = rt_stream(codec, avx_params, &dims, k, n, 1);
+        codec->logits(st_avx, q, group, attend, n, avx);
+        for (uint32_t i = 0; i < group * n; i++)
+            if (attend[i % n])
+                ck_assert_float_eq_tol(avx[i], ref[i], 1e-5f * (1.0f + fabsf(ref[i])));
+        codec->destroy(st_avx);
+        free(avx);
+    }
+
     /* An encoder with the codec's configuration decodes the same codes. */
     rt_params(codec->params, params, &p);
     cfg.mse_bits = (unsigned)kvs_rot_param(&p, "bits") - (prod ? 1 : 0);

@@ -159,6 +159,13 @@ void kvs_rot_code_dot_lut(const kvs_rot_code_lut_t *lut, const uint8_t *codes, u
                       uint32_t n_tok, float *score);
 void kvs_rot_code_dot_lut_scalar(const kvs_rot_code_lut_t *lut, const uint8_t *codes, uint32_t stride,
                              uint32_t n_tok, float *score);
+/* The same for any width up to 8 bits from a per-coordinate table,
+** table[(j << bits) + c] = y_j * codebook[c]: one 16-bit window read and
+** one look-up per code, for widths whose codes cross bytes (3 bits). Reads
+** one byte past a row's last code, which the row padding covers. */
+void kvs_rot_code_dot_table(const uint8_t *codes, uint32_t stride, uint32_t n_tok,
+                            const float *table, uint32_t n, unsigned bits, float *score);
+
 /* 1 when kvs_rot_code_dot_lut uses AVX2 on this CPU. */
 int kvs_rot_code_dot_has_avx2(void);
 
@@ -230,14 +237,19 @@ typedef struct kvs_tq_config {
 
 typedef struct kvs_tq kvs_tq_t;
 
-/* Execution path of scoring and accumulation: the scalar reference that
-** unpacks every code, or the table path (look-up tables, AVX2 when the CPU
-** has it). Both compute the same sums in a different order. */
+/* Execution path of scoring and accumulation, in the order of the "path"
+** parameter's choices: per-query byte tables read with scalar loads; the
+** scalar reference that unpacks every code; the byte tables read with AVX2
+** gathers (scalar loads when the CPU lacks AVX2). All compute the same sums
+** in a different order. */
 typedef enum kvs_tq_path_e {
-    KVS_TQ_PATH_REF = 0,
-    KVS_TQ_PATH_FAST = 1,
+    KVS_TQ_PATH_FAST = 0,
+    KVS_TQ_PATH_REF = 1,
+    KVS_TQ_PATH_AVX2 = 2,
     KVS_TQ_PATH_COUNT
 } kvs_tq_path_e;
+
+#define KVS_TQ_PATH_CHOICES "fast|ref|avx2"
 
 kvs_status_e kvs_tq_check(const kvs_tq_config_t *cfg, const char *codec);
 kvs_status_e kvs_tq_create(const kvs_tq_config_t *cfg, kvs_tq_t **out);

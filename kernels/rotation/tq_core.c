@@ -25,6 +25,7 @@ struct kvs_tq {
     uint32_t scratch_cap;
     float *hist;
     kvs_rot_code_lut_t lut_codes, lut_signs;
+    float *coord_table;  /* (n, 2^mse_bits) for widths that cross bytes */
 };
 
 uint32_t kvs_tq_row_bytes(const kvs_tq_config_t *cfg)
@@ -142,6 +143,13 @@ kvs_status_e kvs_tq_create(const kvs_tq_config_t *cfg, kvs_tq_t **out)
         if (rc != KVS_OK)
             goto fail;
     }
+    if (cfg->mse_bits && 8 % cfg->mse_bits != 0) {
+        tq->coord_table = malloc(((size_t)cfg->n << cfg->mse_bits) * sizeof *tq->coord_table);
+        if (!tq->coord_table) {
+            rc = kvs_fail(KVS_ERR_NOMEM, "out of memory for a TurboQuant stream");
+            goto fail;
+        }
+    }
     if (cfg->m) {
         rc = kvs_rot_code_lut_init(&tq->lut_signs, cfg->m, 1);
         if (rc != KVS_OK)
@@ -172,6 +180,7 @@ void kvs_tq_destroy(kvs_tq_t *tq)
     free(tq->hist);
     kvs_rot_code_lut_free(&tq->lut_codes);
     kvs_rot_code_lut_free(&tq->lut_signs);
+    free(tq->coord_table);
     free(tq);
 }
 
@@ -284,6 +293,15 @@ static int reserve_scratch(kvs_tq_t *tq, uint32_t n_tok)
     return 1;
 }
 
+static void lut_dot(const kvs_rot_code_lut_t *lut, const uint8_t *codes, uint32_t stride,
+                    uint32_t n_tok, float *score, kvs_tq_path_e path)
+{
+    if (path == KVS_TQ_PATH_AVX2)
+        kvs_rot_code_dot_lut(lut, codes, stride, n_tok, score);
+    else
+        kvs_rot_code_dot_lut_scalar(lut, codes, stride, n_tok, score);
+}
+
 void kvs_tq_scores(kvs_tq_t *tq, const float *q, uint32_t n_tok, float *score,
                    kvs_tq_path_e path)
 {
@@ -308,18 +326,26 @@ void kvs_tq_scores(kvs_tq_t *tq, const float *q, uint32_t n_tok, float *score,
         kvs_rot_sketch_apply(tq->sketch, tq->qrot, tq->qsk);
 
     if (cfg->mse_bits) {
-        if (path == KVS_TQ_PATH_FAST && tq->lut_codes.table) {
+        uint32_t levels = 1u << cfg->mse_bits;
+
+        if (path != KVS_TQ_PATH_REF && tq->lut_codes.table) {
             kvs_rot_code_lut_build(&tq->lut_codes, tq->qrot, cfg->n, cfg->mse_bits, tq->codebook);
-            kvs_rot_code_dot_lut(&tq->lut_codes, base, stride, n_tok, tq->part_a);
+            lut_dot(&tq->lut_codes, base, stride, n_tok, tq->part_a, path);
+        } else if (path != KVS_TQ_PATH_REF && tq->coord_table) {
+            for (uint32_t j = 0; j < cfg->n; j++)
+                for (uint32_t c = 0; c < levels; c++)
+                    tq->coord_table[(size_t)j * levels + c] = tq->qrot[j] * tq->codebook[c];
+            kvs_rot_code_dot_table(base, stride, n_tok, tq->coord_table, cfg->n, cfg->mse_bits,
+                                   tq->part_a);
         } else {
             kvs_rot_code_dot_ref(base, stride, n_tok, tq->qrot, cfg->n, cfg->mse_bits, tq->codebook,
                              tq->part_a);
         }
     }
     if (cfg->m) {
-        if (path == KVS_TQ_PATH_FAST) {
+        if (path != KVS_TQ_PATH_REF) {
             kvs_rot_code_lut_build(&tq->lut_signs, tq->qsk, cfg->m, 1, kvs_rot_sign_codebook);
-            kvs_rot_code_dot_lut(&tq->lut_signs, base + tq->code_bytes, stride, n_tok, tq->part_b);
+            lut_dot(&tq->lut_signs, base + tq->code_bytes, stride, n_tok, tq->part_b, path);
         } else {
             kvs_rot_code_dot_ref(base + tq->code_bytes, stride, n_tok, tq->qsk, cfg->m, 1,
                              kvs_rot_sign_codebook, tq->part_b);
@@ -362,7 +388,7 @@ void kvs_tq_accumulate(kvs_tq_t *tq, const float *w, uint32_t n_tok, float *out,
         for (uint32_t t = 0; t < n_tok; t++)
             tq->weights[t] = w[t] == 0.0f ? 0.0f : w[t] * load_f16(base + (size_t)t * stride +
                                                                    tq->norm_offset);
-        if (path == KVS_TQ_PATH_FAST)
+        if (path != KVS_TQ_PATH_REF)
             kvs_rot_code_accumulate(base, stride, n_tok, tq->weights, n, cfg->mse_bits,
                                 tq->codebook, tq->hist, tq->yhat);
         else
@@ -380,7 +406,7 @@ void kvs_tq_accumulate(kvs_tq_t *tq, const float *w, uint32_t n_tok, float *out,
 
             tq->weights[t] = w[t] == 0.0f ? 0.0f : w[t] * load_f16(row + tq->norm_offset) * gamma;
         }
-        if (path == KVS_TQ_PATH_FAST)
+        if (path != KVS_TQ_PATH_REF)
             kvs_rot_code_accumulate(base + tq->code_bytes, stride, n_tok, tq->weights, cfg->m, 1,
                                 kvs_rot_sign_codebook, tq->hist, tq->qsk);
         else

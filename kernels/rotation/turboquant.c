@@ -42,8 +42,8 @@ typedef struct tq_codec {
      "1: code x minus the prompt mean (added back exactly), so only the spread is quantized"}
 
 #define TQ_PATH_PARAM                                                                          \
-    {"path", KVS_PARAM_ENUM, "fast", 0, 0, "fast|ref",                                         \
-     "execution path: look-up tables (AVX2 when available) or the scalar reference"}
+    {"path", KVS_PARAM_ENUM, "fast", 0, 0, KVS_TQ_PATH_CHOICES,                                \
+     "execution path: byte tables, the scalar reference, or byte tables with AVX2 gathers"}
 
 static const kvs_param_doc_t tq_mse_params[] = {
     {"bits", KVS_PARAM_INT, "3", 1, 4, NULL, "codebook bits per coordinate"},
