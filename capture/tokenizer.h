@@ -81,10 +81,12 @@ void kvs_tokenizer_free(kvs_tokenizer_t *tok);
 /* ---- encoding and decoding ---------------------------------------------- */
 
 /* Encodes len bytes of UTF-8 text (NUL bytes allowed) into *ids, a malloc'd
-** array of *n ids that the caller frees. Special tokens written in the text
-** are always parsed; add_special runs the post-processor (for example it
-** adds BOS for Llama 2). Returns KVS_OK, KVS_ERR_TOKENIZER when the text is
-** not valid UTF-8 (the message gives the byte offset) or KVS_ERR_NOMEM.
+** array of *n ids that the caller frees (NULL when *n is 0). Special tokens
+** written in the text are always parsed; add_special runs the
+** post-processor (for example it adds BOS for Llama 2). Returns KVS_OK,
+** KVS_ERR_TOKENIZER when the text is not valid UTF-8 (the message gives the
+** byte offset), KVS_ERR_INVALID for NULL text with a length or more than
+** INT32_MAX bytes, or KVS_ERR_NOMEM.
 ** Characters that the vocabulary cannot express and that have neither byte
 ** fallback nor an unknown token are dropped, as the reference library does. */
 kvs_status_e kvs_tokenizer_encode(kvs_tokenizer_t *tok, const char *text, size_t len,
