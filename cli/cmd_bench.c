@@ -477,10 +477,16 @@ int kvs_cmd_bench(int argc, char **argv)
                                     json_real(res.cost.bytes_per_token * streams));
                 json_array_append_new(arr, j);
             } else {
-                printf("%-36s %7u %10.2f %10.2f %10.1f %11.2f %11.2f %11.2f %8.2f  %s\n",
+                char step[32] = "-", attend[32] = "-", rate[32] = "-";
+                if (o.model) {
+                    snprintf(step, sizeof step, "%.2f", res.model_step_ms);
+                    snprintf(attend, sizeof attend, "%.2f", res.model_attend_ms);
+                    snprintf(rate, sizeof rate, "%.2f", gbps);
+                }
+                printf("%-36s %7u %10.2f %10.2f %10.1f %11s %11s %11.2f %8s  %s\n",
                        kvs_kernel_spec_text(specs[k]), n, res.append_median_us,
-                       res.append_mean_us, res.attend_median_us, res.model_step_ms,
-                       res.model_attend_ms, read / 1048576.0, gbps, execution_label(specs[k]));
+                       res.append_mean_us, res.attend_median_us, step, attend, read / 1048576.0,
+                       rate, execution_label(specs[k]));
                 fflush(stdout);
             }
         }

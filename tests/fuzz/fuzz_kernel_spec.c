@@ -2,10 +2,10 @@
 ** fuzz_kernel_spec.c: libFuzzer target for kernel spec parsing.
 **
 ** Every input is a spec string. When it parses, the stored text must equal
-** the input and the parameter JSON must be valid; when it also passes the
+** the input and the parameter JSON must be valid. When it also passes the
 ** shape check for SmolLM2's stream shape, its cost is computed and a kernel
 ** runs a short stream: 40 appends, the end of prefill, 8 more appends and
-** an attention step, whose weights must sum to 1 or be all zero.
+** an attention step. The weights must sum to 1 or be all zero.
 */
 #include "kernels/kernel.h"
 
