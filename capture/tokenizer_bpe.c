@@ -322,7 +322,13 @@ static kvs_status_e initial_symbols(kvs_tokenizer_t *tok, const char *w, size_t 
 
         kvs_utf8_next(w, &i);
         char_len = (uint32_t)(i - start);
-        id = kvs_tok_strmap_get(&tok->model_vocab, w + start, char_len);
+        if (char_len <= 2) {
+            size_t at = start;
+            int32_t cp = kvs_utf8_next(w, &at);
+
+            id = tok->char_ids[cp];
+        } else
+            id = kvs_tok_strmap_get(&tok->model_vocab, w + start, char_len);
         if (id >= 0) {
             if (unk_pending >= 0) {
                 add_symbol(tok, &n, unk_pending, unk_len);

@@ -188,6 +188,9 @@ typedef struct kvs_tok_added {
 #define KVS_TOK_MAX_NORM 16
 #define KVS_TOK_MAX_DECODERS 16
 
+/* Code points below this have their one-character token id in a table. */
+#define KVS_TOK_CHAR_TABLE 0x800
+
 /* Pre-tokens of this many bytes or more are not cached. */
 #define KVS_TOK_CACHE_MAX_WORD 256
 
@@ -225,6 +228,11 @@ struct kvs_tokenizer {
     int byte_fallback;
     int ignore_merges;
     int32_t byte_ids[256];   /* ids of "<0xNN>", -1 when absent */
+
+    /* Ids of the one-character tokens below U+0800 (-1 when absent), which
+    ** covers every ByteLevel character and spares BPE a hash lookup per
+    ** character of a new pre-token. */
+    int32_t char_ids[KVS_TOK_CHAR_TABLE];
 
     /* Added tokens and, per first byte, their indices longest first:
     ** [0] for raw-text tokens, [1] for normalized ones. */

@@ -552,6 +552,12 @@ static kvs_status_e finish_model(const load_ctx_t *ctx, const json_t *root)
             return bad(ctx, KVS_ERR_TOKENIZER, "model.unk_token \"%.60s\" is not in model.vocab",
                        unk);
     }
+    for (int32_t cp = 0; cp < KVS_TOK_CHAR_TABLE; cp++) {
+        char utf8[4];
+        size_t len = kvs_utf8_encode(cp, utf8);
+
+        tok->char_ids[cp] = kvs_tok_strmap_get(&tok->model_vocab, utf8, len);
+    }
     for (int b = 0; b < 256; b++) {
         char piece[8];
 
