@@ -215,20 +215,31 @@ double kvs_simd_exp_sum(const float *x, float max, float *out, uint32_t n)
 
 /* ---- whole-cache dense attention ---------------------------------------- */
 
+/* Eight elements at index i of rows stored as F32 (bf16 = 0) or BF16. */
+__attribute__((target("avx2,fma"), always_inline)) static inline __m256 load8(const void *rows,
+                                                                             size_t i,
+                                                                             const int bf16)
+{
+    if (!bf16)
+        return _mm256_loadu_ps((const float *)rows + i);
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)rows + i)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
 /* The query count NQ is a compile-time constant in each instance so that
 ** the accumulators stay in registers. */
 __attribute__((target("avx2,fma"), always_inline)) static inline void logits_rows_avx2(
-    const float *q, const float *rows, uint32_t n, uint32_t d, const uint8_t *attend, float *out,
-    uint32_t stride, const uint32_t nq)
+    const float *q, const void *rows, uint32_t n, uint32_t d, const uint8_t *attend, float *out,
+    uint32_t stride, const uint32_t nq, const int bf16)
 {
     for (uint32_t t = 0; t < n; t++) {
         if (!attend[t])
             continue;
-        const float *x = rows + (size_t)t * d;
+        size_t x = (size_t)t * d;
         __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                          _mm256_setzero_ps()};
         for (uint32_t i = 0; i < d; i += 8) {
-            __m256 xv = _mm256_loadu_ps(x + i);
+            __m256 xv = load8(rows, x + i, bf16);
 #pragma GCC unroll 4
             for (uint32_t r = 0; r < nq; r++)
                 acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (size_t)r * d + i), xv, acc[r]);
@@ -246,8 +257,8 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void logits_row
 /* Accumulates 16 channels of every query in registers over all positions,
 ** one channel block at a time. */
 __attribute__((target("avx2,fma"), always_inline)) static inline void wsum_rows_avx2(
-    const float *w, uint32_t w_stride, const float *rows, uint32_t n, uint32_t d,
-    const uint8_t *attend, float *out, const uint32_t nq)
+    const float *w, uint32_t w_stride, const void *rows, uint32_t n, uint32_t d,
+    const uint8_t *attend, float *out, const uint32_t nq, const int bf16)
 {
     for (uint32_t j = 0; j < d; j += 16) {
         __m256 lo[4], hi[4];
@@ -257,8 +268,8 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void wsum_rows_
         for (uint32_t t = 0; t < n; t++) {
             if (!attend[t])
                 continue;
-            const float *x = rows + (size_t)t * d + j;
-            __m256 x0 = _mm256_loadu_ps(x), x1 = _mm256_loadu_ps(x + 8);
+            size_t x = (size_t)t * d + j;
+            __m256 x0 = load8(rows, x, bf16), x1 = load8(rows, x + 8, bf16);
 #pragma GCC unroll 4
             for (uint32_t r = 0; r < nq; r++) {
                 __m256 wr = _mm256_broadcast_ss(w + (size_t)r * w_stride + t);
@@ -275,68 +286,116 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void wsum_rows_
     }
 }
 
-#define DENSE_FOR_QUERIES(NQ)                                                                   \
-    __attribute__((target("avx2,fma"))) static void logits_rows_##NQ(                           \
-        const float *q, const float *rows, uint32_t n, uint32_t d, const uint8_t *attend,       \
+#define DENSE_FOR_QUERIES(NQ, BF16, NAME)                                                       \
+    __attribute__((target("avx2,fma"))) static void logits_rows_##NAME##NQ(                     \
+        const float *q, const void *rows, uint32_t n, uint32_t d, const uint8_t *attend,        \
         float *out, uint32_t stride)                                                            \
     {                                                                                           \
-        logits_rows_avx2(q, rows, n, d, attend, out, stride, NQ);                               \
+        logits_rows_avx2(q, rows, n, d, attend, out, stride, NQ, BF16);                         \
     }                                                                                           \
-    __attribute__((target("avx2,fma"))) static void wsum_rows_##NQ(                             \
-        const float *w, uint32_t w_stride, const float *rows, uint32_t n, uint32_t d,           \
+    __attribute__((target("avx2,fma"))) static void wsum_rows_##NAME##NQ(                       \
+        const float *w, uint32_t w_stride, const void *rows, uint32_t n, uint32_t d,            \
         const uint8_t *attend, float *out)                                                      \
     {                                                                                           \
-        wsum_rows_avx2(w, w_stride, rows, n, d, attend, out, NQ);                               \
+        wsum_rows_avx2(w, w_stride, rows, n, d, attend, out, NQ, BF16);                         \
     }
-DENSE_FOR_QUERIES(1)
-DENSE_FOR_QUERIES(2)
-DENSE_FOR_QUERIES(3)
-DENSE_FOR_QUERIES(4)
+DENSE_FOR_QUERIES(1, 0, f32_)
+DENSE_FOR_QUERIES(2, 0, f32_)
+DENSE_FOR_QUERIES(3, 0, f32_)
+DENSE_FOR_QUERIES(4, 0, f32_)
+DENSE_FOR_QUERIES(1, 1, bf16_)
+DENSE_FOR_QUERIES(2, 1, bf16_)
+DENSE_FOR_QUERIES(3, 1, bf16_)
+DENSE_FOR_QUERIES(4, 1, bf16_)
 
-void kvs_simd_logits_f32(const float *q, uint32_t g, const float *rows, uint32_t n, uint32_t d,
-                         const uint8_t *attend, float *out, uint32_t out_stride)
+typedef void (*logits_rows_fn)(const float *, const void *, uint32_t, uint32_t, const uint8_t *,
+                               float *, uint32_t);
+typedef void (*wsum_rows_fn)(const float *, uint32_t, const void *, uint32_t, uint32_t,
+                             const uint8_t *, float *);
+static const logits_rows_fn logits_rows[2][4] = {
+    {logits_rows_f32_1, logits_rows_f32_2, logits_rows_f32_3, logits_rows_f32_4},
+    {logits_rows_bf16_1, logits_rows_bf16_2, logits_rows_bf16_3, logits_rows_bf16_4},
+};
+static const wsum_rows_fn wsum_rows[2][4] = {
+    {wsum_rows_f32_1, wsum_rows_f32_2, wsum_rows_f32_3, wsum_rows_f32_4},
+    {wsum_rows_bf16_1, wsum_rows_bf16_2, wsum_rows_bf16_3, wsum_rows_bf16_4},
+};
+
+static float row_element(const void *rows, size_t i, int bf16)
+{
+    if (!bf16)
+        return ((const float *)rows)[i];
+    uint32_t u = (uint32_t)((const uint16_t *)rows)[i] << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static void logits_rows_any(const float *q, uint32_t g, const void *rows, uint32_t n, uint32_t d,
+                            const uint8_t *attend, float *out, uint32_t out_stride, int bf16)
 {
     if (!kvs_simd_avx2() || d % 8 != 0) {
         for (uint32_t t = 0; t < n; t++) {
-            if (attend[t])
-                for (uint32_t r = 0; r < g; r++)
-                    out[(size_t)r * out_stride + t] =
-                        kvs_simd_dot_f32_ref(q + (size_t)r * d, rows + (size_t)t * d, d);
+            if (!attend[t])
+                continue;
+            for (uint32_t r = 0; r < g; r++) {
+                float sum = 0.0f;
+                for (uint32_t j = 0; j < d; j++)
+                    sum += q[(size_t)r * d + j] * row_element(rows, (size_t)t * d + j, bf16);
+                out[(size_t)r * out_stride + t] = sum;
+            }
         }
         return;
     }
     for (uint32_t r0 = 0; r0 < g; r0 += 4) {
-        const float *qr = q + (size_t)r0 * d;
-        float *o = out + (size_t)r0 * out_stride;
-        switch (g - r0 < 4 ? g - r0 : 4) {
-        case 1: logits_rows_1(qr, rows, n, d, attend, o, out_stride); break;
-        case 2: logits_rows_2(qr, rows, n, d, attend, o, out_stride); break;
-        case 3: logits_rows_3(qr, rows, n, d, attend, o, out_stride); break;
-        default: logits_rows_4(qr, rows, n, d, attend, o, out_stride); break;
-        }
+        uint32_t chunk = g - r0 < 4 ? g - r0 : 4;
+        logits_rows[bf16][chunk - 1](q + (size_t)r0 * d, rows, n, d, attend,
+                                     out + (size_t)r0 * out_stride, out_stride);
     }
+}
+
+static void wsum_rows_any(const float *w, uint32_t g, uint32_t w_stride, const void *rows,
+                          uint32_t n, uint32_t d, const uint8_t *attend, float *out, int bf16)
+{
+    if (!kvs_simd_avx2() || d % 16 != 0) {
+        for (uint32_t t = 0; t < n; t++) {
+            if (!attend[t])
+                continue;
+            for (uint32_t r = 0; r < g; r++) {
+                float wt = w[(size_t)r * w_stride + t];
+                for (uint32_t j = 0; j < d; j++)
+                    out[(size_t)r * d + j] += wt * row_element(rows, (size_t)t * d + j, bf16);
+            }
+        }
+        return;
+    }
+    for (uint32_t r0 = 0; r0 < g; r0 += 4) {
+        uint32_t chunk = g - r0 < 4 ? g - r0 : 4;
+        wsum_rows[bf16][chunk - 1](w + (size_t)r0 * w_stride, w_stride, rows, n, d, attend,
+                                   out + (size_t)r0 * d);
+    }
+}
+
+void kvs_simd_logits_f32(const float *q, uint32_t g, const float *rows, uint32_t n, uint32_t d,
+                         const uint8_t *attend, float *out, uint32_t out_stride)
+{
+    logits_rows_any(q, g, rows, n, d, attend, out, out_stride, 0);
+}
+
+void kvs_simd_logits_bf16(const float *q, uint32_t g, const uint16_t *rows, uint32_t n,
+                          uint32_t d, const uint8_t *attend, float *out, uint32_t out_stride)
+{
+    logits_rows_any(q, g, rows, n, d, attend, out, out_stride, 1);
 }
 
 void kvs_simd_wsum_f32(const float *w, uint32_t g, uint32_t w_stride, const float *rows,
                        uint32_t n, uint32_t d, const uint8_t *attend, float *out)
 {
-    if (!kvs_simd_avx2() || d % 16 != 0) {
-        for (uint32_t t = 0; t < n; t++) {
-            if (attend[t])
-                for (uint32_t r = 0; r < g; r++)
-                    kvs_simd_axpy_f32_ref(out + (size_t)r * d, w[(size_t)r * w_stride + t],
-                                          rows + (size_t)t * d, d);
-        }
-        return;
-    }
-    for (uint32_t r0 = 0; r0 < g; r0 += 4) {
-        const float *wr = w + (size_t)r0 * w_stride;
-        float *o = out + (size_t)r0 * d;
-        switch (g - r0 < 4 ? g - r0 : 4) {
-        case 1: wsum_rows_1(wr, w_stride, rows, n, d, attend, o); break;
-        case 2: wsum_rows_2(wr, w_stride, rows, n, d, attend, o); break;
-        case 3: wsum_rows_3(wr, w_stride, rows, n, d, attend, o); break;
-        default: wsum_rows_4(wr, w_stride, rows, n, d, attend, o); break;
-        }
-    }
+    wsum_rows_any(w, g, w_stride, rows, n, d, attend, out, 0);
+}
+
+void kvs_simd_wsum_bf16(const float *w, uint32_t g, uint32_t w_stride, const uint16_t *rows,
+                        uint32_t n, uint32_t d, const uint8_t *attend, float *out)
+{
+    wsum_rows_any(w, g, w_stride, rows, n, d, attend, out, 1);
 }

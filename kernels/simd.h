@@ -40,6 +40,12 @@ void kvs_simd_logits_f32(const float *q, uint32_t g, const float *rows, uint32_t
 void kvs_simd_wsum_f32(const float *w, uint32_t g, uint32_t w_stride, const float *rows,
                        uint32_t n, uint32_t d, const uint8_t *attend, float *out);
 
+/* The same for rows stored as BF16. */
+void kvs_simd_logits_bf16(const float *q, uint32_t g, const uint16_t *rows, uint32_t n,
+                          uint32_t d, const uint8_t *attend, float *out, uint32_t out_stride);
+void kvs_simd_wsum_bf16(const float *w, uint32_t g, uint32_t w_stride, const uint16_t *rows,
+                        uint32_t n, uint32_t d, const uint8_t *attend, float *out);
+
 /* out[i] = exp(x[i] - max) for x[i] <= max, 0 for x[i] = -infinity, and
 ** returns the sum of out. The vector path evaluates exp by range reduction
 ** to [-ln2/2, ln2/2] and a degree-7 Taylor polynomial, within about 2 ulp

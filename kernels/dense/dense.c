@@ -99,6 +99,10 @@ static void dense_logits(void *state, const float *q, uint32_t group, const uint
         kvs_simd_logits_f32(q, group, (const float *)s->rows, n, s->d, attend, out, n);
         return;
     }
+    if (s->fmt == KVS_FP_BF16) {
+        kvs_simd_logits_bf16(q, group, (const uint16_t *)s->rows, n, s->d, attend, out, n);
+        return;
+    }
     for (uint32_t t = 0; t < n; t++) {
         if (attend[t])
             kvs_simd_dot_rows_f32(q, group, dense_row(s, t), s->d, out + t, n);
@@ -112,6 +116,10 @@ static void dense_output(void *state, const float *w, uint32_t group, const uint
 
     if (s->fmt == KVS_FP_F32) {
         kvs_simd_wsum_f32(w, group, n, (const float *)s->rows, n, s->d, attend, out);
+        return;
+    }
+    if (s->fmt == KVS_FP_BF16) {
+        kvs_simd_wsum_bf16(w, group, n, (const uint16_t *)s->rows, n, s->d, attend, out);
         return;
     }
     for (uint32_t t = 0; t < n; t++) {
