@@ -1,6 +1,7 @@
 /* simd.c: runtime-dispatched dot products and row updates. */
 #include "simd.h"
 
+#include <cpuid.h>
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
@@ -16,6 +17,19 @@ int kvs_simd_avx2(void)
         detected = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     }
     return simd_enabled && detected;
+}
+
+int kvs_simd_f16c(void)
+{
+    static int detected = -1;
+
+    if (detected < 0) {
+        /* CPUID leaf 1, ECX bit 29; clang's __builtin_cpu_supports does
+        ** not accept "f16c". */
+        unsigned eax, ebx, ecx, edx;
+        detected = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29)) != 0;
+    }
+    return detected && kvs_simd_avx2();
 }
 
 void kvs_simd_set_enabled(int enabled)

@@ -12,6 +12,8 @@
 
 /* 1 when the CPU has AVX2 and FMA and vector paths are enabled. */
 int kvs_simd_avx2(void);
+/* 1 when kvs_simd_avx2() holds and the CPU also has F16C (F16 widening). */
+int kvs_simd_f16c(void);
 /* Turns the vector paths off (0) or back on (1) for every kernel, so tests
 ** and benchmarks can run the scalar reference paths through the same API. */
 void kvs_simd_set_enabled(int enabled);

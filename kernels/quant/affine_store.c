@@ -106,7 +106,6 @@ __attribute__((target("avx2,f16c"))) static void f16_pairs_f16c(const uint16_t *
 void kvs_affine_decode_pairs(const kvs_affine_t *a, const uint8_t *p, uint32_t count, float *s,
                              float *m)
 {
-    static int has_f16c = -1;
     const uint16_t *h = (const uint16_t *)p;
 
     switch (a->cfg.param_fmt) {
@@ -117,9 +116,7 @@ void kvs_affine_decode_pairs(const kvs_affine_t *a, const uint8_t *p, uint32_t c
         }
         break;
     case KVS_FP_F16:
-        if (has_f16c < 0)
-            has_f16c = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
-        if (has_f16c && kvs_simd_avx2()) {
+        if (kvs_simd_f16c()) {
             f16_pairs_f16c(h, count, s, m);
         } else {
             for (uint32_t i = 0; i < count; i++) {
