@@ -61,16 +61,17 @@ static uint32_t json_array_len(json_t *meta, const char *key)
     return json_is_array(a) ? (uint32_t)json_array_size(a) : 0;
 }
 
-/* Reads the fields the replayer needs from the trace metadata. A trace
-** without prompt_ids is treated as all prompt (no decode positions). */
-static kvs_status_e open_trace(const char *path, kvs_replay_trace_t *rt)
+/* Reads the fields the replayer needs from an open trace and its metadata.
+** A trace without prompt_ids is treated as all prompt (no decode
+** positions). */
+static kvs_status_e describe_trace(const char *path, kvs_trace_t *trace, kvs_replay_trace_t *rt)
 {
     json_error_t jerr;
     json_t *meta, *v;
 
     memset(rt, 0, sizeof *rt);
     rt->path = path;
-    KVS_FORWARD(kvs_trace_open(path, &rt->trace));
+    rt->trace = trace;
     rt->shape = *kvs_trace_get_shape(rt->trace);
     rt->n_tokens = kvs_trace_n_tokens(rt->trace);
     rt->n_prompt = rt->n_tokens;
@@ -98,6 +99,18 @@ static kvs_status_e open_trace(const char *path, kvs_replay_trace_t *rt)
     return KVS_OK;
 }
 
+static kvs_status_e open_trace(const char *path, kvs_replay_trace_t *rt)
+{
+    kvs_trace_t *trace;
+    kvs_status_e rc;
+
+    memset(rt, 0, sizeof *rt);
+    KVS_FORWARD(kvs_trace_open(path, &trace));
+    rc = describe_trace(path, trace, rt);
+    rt->trace = trace;
+    return rc;
+}
+
 static void close_trace(kvs_replay_trace_t *rt)
 {
     kvs_trace_close(rt->trace);
@@ -123,6 +136,19 @@ static kvs_status_e register_trace(kvs_db_t *db, kvs_replay_trace_t *rt)
         .file_bytes = kvs_trace_file_bytes(rt->trace),
     };
     return kvs_db_put_trace(db, &info, &rt->trace_id);
+}
+
+kvs_status_e kvs_replay_put_trace(kvs_db_t *db, const char *path, kvs_trace_t *trace,
+                                  int64_t *trace_id)
+{
+    kvs_replay_trace_t rt;
+    kvs_status_e rc = describe_trace(path, trace, &rt);
+
+    if (rc == KVS_OK)
+        rc = register_trace(db, &rt);
+    *trace_id = rt.trace_id;
+    free(rt.model);
+    return rc;
 }
 
 /* ---- the plan ------------------------------------------------------------ */

@@ -40,6 +40,15 @@ typedef struct kvs_replay_opts {
 /* Parses "decode", "all", "last:N" or "stride:N". */
 kvs_status_e kvs_eval_parse(const char *text, kvs_eval_e *eval, uint32_t *n);
 
+struct kvs_db;
+struct kvs_trace;
+
+/* Records an open trace in the database (or finds it by content hash),
+** with the model, prompt length and synthetic flag from its metadata, as
+** replay does. kvsim bench uses it to attach timings to the trace. */
+kvs_status_e kvs_replay_put_trace(struct kvs_db *db, const char *path, struct kvs_trace *trace,
+                                  int64_t *trace_id);
+
 /* Validates every kernel spec and trace before doing any work. */
 kvs_status_e kvs_replay_run(const kvs_replay_opts_t *opts);
 
