@@ -9,7 +9,9 @@
 */
 #include "cli.h"
 
+#include "../db/db.h"
 #include "../kernels/kernel.h"
+#include "../sim/replay.h"
 #include "../trace/trace.h"
 
 #include <jansson.h>
@@ -27,7 +29,7 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: kvsim bench --trace FILE --kernel SPEC [--kernel SPEC ...]\n"
             "                   [--context N,N,...] [--repeats N] [--model-repeats N]\n"
-            "                   [--layer L] [--kv-head H] [--no-model] [--json]\n\n"
+            "                   [--layer L] [--kv-head H] [--no-model] [--json] [--db DB]\n\n"
             "Times each kernel on trace data, on one thread: for one (layer, KV head)\n"
             "stream, the attention step (median of --repeats calls, warm cache) and the\n"
             "append of one position (median and mean of %d appends, so periodic\n"
@@ -44,7 +46,9 @@ static void usage(FILE *out)
             "  --layer L           layer of the single stream (default 0)\n"
             "  --kv-head H         KV head of the single stream (default 0)\n"
             "  --no-model          skip the whole-model step\n"
-            "  --json              print a JSON array, one object per kernel and context\n",
+            "  --json              print a JSON array, one object per kernel and context\n"
+            "  --db DB             also store every timing in the results database DB\n"
+            "                      (table timings), where kvsim report plots it\n",
             APPEND_SAMPLES);
 }
 
@@ -57,6 +61,7 @@ typedef struct bench_opts {
     uint32_t repeats, model_repeats;
     uint32_t layer, kv_head;
     int model, json;
+    const char *db_path;      /* NULL: print only */
 } bench_opts_t;
 
 typedef struct bench_result {
@@ -342,7 +347,7 @@ static int parse_args(int argc, char **argv, bench_opts_t *o, int *done)
         int takes_value = !strcmp(a, "--trace") || !strcmp(a, "--kernel") ||
                           !strcmp(a, "--context") || !strcmp(a, "--repeats") ||
                           !strcmp(a, "--model-repeats") || !strcmp(a, "--layer") ||
-                          !strcmp(a, "--kv-head");
+                          !strcmp(a, "--kv-head") || !strcmp(a, "--db");
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             *done = 1;
@@ -355,6 +360,8 @@ static int parse_args(int argc, char **argv, bench_opts_t *o, int *done)
             return kvs_cli_usage_error(cmd, "%s needs a value", a);
         } else if (!strcmp(a, "--trace")) {
             o->trace_path = argv[++i];
+        } else if (!strcmp(a, "--db")) {
+            o->db_path = argv[++i];
         } else if (!strcmp(a, "--kernel")) {
             if (o->n_kernels == MAX_KERNELS)
                 return kvs_cli_usage_error(cmd, "at most %d --kernel options", MAX_KERNELS);
@@ -382,6 +389,23 @@ static int parse_args(int argc, char **argv, bench_opts_t *o, int *done)
     return KVS_EXIT_OK;
 }
 
+/* Stores one kernel's timings at one context: the single stream ("head")
+** and, when measured, the whole-model step ("model"). */
+static kvs_status_e store_timing(kvs_db_t *db, int64_t trace_id, const kvs_kernel_spec_t *spec,
+                                 uint32_t context, const bench_result_t *res, double streams)
+{
+    const char *text = kvs_kernel_spec_text(spec);
+
+    KVS_FORWARD(kvs_db_put_timing(db, trace_id, text, context, res->append_median_us * 1e-6,
+                                  res->attend_median_us * 1e-6, res->cost.read_bytes, "head", NULL));
+    if (res->model_attend_ms < 0)
+        return KVS_OK;
+    double append_ms = res->model_step_ms - res->model_attend_ms;
+    return kvs_db_put_timing(db, trace_id, text, context, (append_ms > 0 ? append_ms : 0) * 1e-3,
+                             res->model_attend_ms * 1e-3,
+                             (uint64_t)((double)res->cost.read_bytes * streams), "model", NULL);
+}
+
 static const char *execution_label(const kvs_kernel_spec_t *spec)
 {
     if (kvs_kernel_spec_compressed_exec(spec))
@@ -400,6 +424,8 @@ int kvs_cmd_bench(int argc, char **argv)
     layer_rows_t rows = {0};
     attend_bufs_t bufs = {0};
     json_t *arr = NULL;
+    kvs_db_t *db = NULL;
+    int64_t trace_id = 0;
     kvs_status_e rc = KVS_OK;
 
     if (status != KVS_EXIT_OK || done)
@@ -429,6 +455,12 @@ int kvs_cmd_bench(int argc, char **argv)
             rc = kvs_kernel_spec_check(specs[k], &dims);
     }
 
+    if (rc == KVS_OK && o.db_path) {
+        rc = kvs_db_open(o.db_path, &db);
+        if (rc == KVS_OK)
+            rc = kvs_replay_put_trace(db, o.trace_path, t, &trace_id);
+    }
+
     if (rc == KVS_OK && o.json) {
         arr = json_array();
     } else if (rc == KVS_OK) {
@@ -454,6 +486,8 @@ int kvs_cmd_bench(int argc, char **argv)
                                   &res);
             if (rc == KVS_OK && o.model)
                 rc = bench_model(&o, specs[k], t, n, &bufs, &res);
+            if (rc == KVS_OK && db)
+                rc = store_timing(db, trace_id, specs[k], n, &res, streams);
             if (rc != KVS_OK)
                 break;
             double read = (double)res.cost.read_bytes * streams;
@@ -501,6 +535,7 @@ int kvs_cmd_bench(int argc, char **argv)
     }
 
     json_decref(arr);
+    kvs_db_close(db);
     free_layer(&rows);
     free(bufs.logits);
     free(bufs.weights);

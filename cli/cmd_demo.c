@@ -42,7 +42,9 @@ static const char usage[] =
     "                   SmolLM2-sized models, else a quarter of the context)\n"
     "  --new-tokens N   generated positions (default: 128 for SmolLM2-sized\n"
     "                   models, else 256)\n"
-    "  --threads N      replay threads (default: all cores)\n";
+    "  -o, --output DIR output folder (default demo-out)\n"
+    "  --threads N      replay threads (default: all cores)\n"
+    "  --quiet          no progress messages on stderr\n";
 
 /* Kernels the demo replays: the reference and dense formats, the quantized
 ** caches users compare against Hugging Face's (storage-only, as HF runs
@@ -76,6 +78,13 @@ static const demo_kernel_t demo_kernels[] = {
     {"quest:budget=25%", 0},
 };
 #define N_DEMO_KERNELS (sizeof demo_kernels / sizeof demo_kernels[0])
+
+/* Kernels the demo times with kvsim bench: the backends of the write-up's
+** comparison (dense, quanto 4 and 2 bits, HQQ, all storage-only as Hugging
+** Face runs them) and quanto 4-bit executed on its codes. Indices into
+** demo_kernels. */
+static const uint32_t demo_bench_kernels[] = {1, 3, 4, 6, 5};
+#define N_DEMO_BENCH (sizeof demo_bench_kernels / sizeof demo_bench_kernels[0])
 
 /* Writes the demo's specs for a model with the given head_dim into specs,
 ** which holds N_DEMO_KERNELS malloc'd strings afterwards. */
@@ -272,6 +281,38 @@ static double now_seconds(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* Times the bench kernels at two context lengths, the trace's length and a
+** quarter of it, and stores the timings in the database. */
+static kvs_status_e run_bench(const demo_opts_t *o, char **specs, const char *trace_path,
+                              const char *db_path, uint32_t n_positions)
+{
+    char contexts[64];
+    char *argv[8 + 2 * N_DEMO_BENCH];
+    int argc = 0;
+
+    snprintf(contexts, sizeof contexts, "%u,%u", n_positions / 4 ? n_positions / 4 : 1, n_positions);
+    argv[argc++] = "bench";
+    argv[argc++] = "--trace";
+    argv[argc++] = (char *)trace_path;
+    argv[argc++] = "--db";
+    argv[argc++] = (char *)db_path;
+    argv[argc++] = "--context";
+    argv[argc++] = contexts;
+    for (size_t i = 0; i < N_DEMO_BENCH; i++) {
+        argv[argc++] = "--kernel";
+        argv[argc++] = specs[demo_bench_kernels[i]];
+    }
+    argv[argc] = NULL;
+    if (!o->quiet)
+        fprintf(stderr, "demo: timing %zu kernels at contexts %s with kvsim bench\n", N_DEMO_BENCH,
+                contexts);
+
+    /* kvs_cmd_bench prints its table and its own error message. */
+    fflush(stdout);
+    int status = kvs_cmd_bench(argc, argv);
+    return status == KVS_EXIT_OK ? KVS_OK : kvs_fail(KVS_ERR_INTERNAL, "kvsim bench failed (see above)");
+}
+
 static kvs_status_e run_demo(const demo_opts_t *o)
 {
     char *model_dir = NULL;
@@ -342,8 +383,13 @@ static kvs_status_e run_demo(const demo_opts_t *o)
         rc = kvs_replay_run(&ropts);
     }
 
-    /* Stage 3: report. */
+    /* Stage 3: time the write-up's backends. */
     t2 = now_seconds();
+    if (rc == KVS_OK)
+        rc = run_bench(o, specs, trace_path, db_path, n_prompt + new_tokens);
+
+    /* Stage 4: report. */
+    double t_report = now_seconds();
     if (rc == KVS_OK) {
         kvs_report_opts_t rep = {0};
         rc = kvs_report_write(db_path, report_dir, &rep);
@@ -353,8 +399,9 @@ static kvs_status_e run_demo(const demo_opts_t *o)
     if (rc == KVS_OK) {
         printf("model:   %s%s\n", model_dir, synthetic ? " (SYNTHETIC: random weights)" : "");
         printf("trace:   %s (capture %.1f s)\n", trace_path, t1 - t0);
-        printf("results: %s (replay of %zu kernels %.1f s)\n", db_path, N_DEMO_KERNELS, t2 - t1);
-        printf("report:  %s/index.html (%.1f s)\n", report_dir, t3 - t2);
+        printf("results: %s (replay of %zu kernels %.1f s, bench %.1f s)\n", db_path, N_DEMO_KERNELS,
+               t2 - t1, t_report - t2);
+        printf("report:  %s/index.html (%.1f s)\n", report_dir, t3 - t_report);
     }
     for (size_t i = 0; i < N_DEMO_KERNELS; i++)
         free(specs[i]);
@@ -378,7 +425,7 @@ int kvs_cmd_demo(int argc, char **argv)
 
     optind = 1;
     opterr = 0;
-    while (rc == KVS_OK && (c = getopt_long(argc, argv, "o:", long_options, NULL)) != -1) {
+    while (rc == KVS_OK && (c = getopt_long(argc, argv, "o:h", long_options, NULL)) != -1) {
         switch (c) {
         case 'm': o.model = optarg; break;
         case 'o': o.out_dir = optarg; break;

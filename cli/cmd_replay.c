@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include "common/fsutil.h"
+#include "kernels/kernel.h"
 #include "sim/replay.h"
 
 #include <getopt.h>
@@ -58,13 +59,19 @@ static void list_free(string_list_t *l)
 }
 
 /* Reads specs from a file: one per line, blank lines and '#' comments
-** skipped, surrounding whitespace trimmed. */
+** skipped, surrounding whitespace trimmed. Each spec is parsed here so that
+** an error names the file and line. */
 static kvs_status_e read_kernels_file(const char *path, string_list_t *out)
 {
-    char *data, *line, *save = NULL;
+    char *data, *line, *next;
+    uint32_t line_no = 0;
 
     KVS_FORWARD(kvs_read_file(path, &data, NULL));
-    for (line = strtok_r(data, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+    for (line = data; line; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        line_no++;
         char *hash = strchr(line, '#');
         if (hash)
             *hash = '\0';
@@ -73,7 +80,18 @@ static kvs_status_e read_kernels_file(const char *path, string_list_t *out)
         size_t len = strlen(line);
         while (len && (line[len - 1] == ' ' || line[len - 1] == '\t' || line[len - 1] == '\r'))
             line[--len] = '\0';
-        if (len && list_push(out, line) != 0) {
+        if (len == 0)
+            continue;
+
+        kvs_kernel_spec_t *spec;
+        kvs_status_e rc = kvs_kernel_spec_parse(line, &spec);
+        kvs_kernel_spec_free(rc == KVS_OK ? spec : NULL);
+        if (rc != KVS_OK) {
+            kvs_error_prefix("%s:%u: '%s'", path, line_no, line);
+            free(data);
+            return rc;
+        }
+        if (list_push(out, line) != 0) {
             free(data);
             return kvs_fail(KVS_ERR_NOMEM, "out of memory");
         }
@@ -116,7 +134,7 @@ int kvs_cmd_replay(int argc, char **argv)
 
     optind = 1;
     opterr = 0;
-    while (rc == KVS_OK && (c = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
+    while (rc == KVS_OK && (c = getopt_long(argc, argv, "h", long_options, NULL)) != -1) {
         switch (c) {
         case 'd': opts.db_path = optarg; break;
         case 't': rc = list_push(&traces, optarg) ? kvs_fail(KVS_ERR_NOMEM, "out of memory") : KVS_OK; break;

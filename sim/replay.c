@@ -186,6 +186,8 @@ typedef struct replay {
     uint32_t *stream_units;   /* unit indices grouped by stream */
     uint8_t **eval_masks;     /* one per trace, read-only once planned */
 
+    uint32_t n_threads;       /* resolved from opts (0 = all cores) */
+
     pthread_mutex_t lock;     /* guards everything below and db writes */
     uint32_t next_stream;
     uint32_t done_units;
@@ -241,7 +243,7 @@ static kvs_status_e begin_run(replay_t *r, run_slot_t *run)
         .family = kvs_kernel_spec_family(spec),
         .compressed_exec = kvs_kernel_spec_compressed_exec(spec),
         .eval_mode = eval,
-        .threads = o->threads,
+        .threads = r->n_threads,
         .seed = o->seed,
         .cost_context = rt->n_tokens,
         .bytes_per_token = cost.bytes_per_token * streams,
@@ -451,7 +453,7 @@ static uint32_t default_threads(void)
 
 static kvs_status_e execute(replay_t *r)
 {
-    uint32_t n_threads = r->opts->threads ? r->opts->threads : default_threads();
+    uint32_t n_threads = r->n_threads;
     pthread_t *threads;
 
     if (n_threads > r->n_streams)
@@ -476,12 +478,30 @@ static kvs_status_e execute(replay_t *r)
 
     /* Runs with a failed unit are marked so; their committed units stay and
     ** --resume completes them. */
+    char status[1100];
+    snprintf(status, sizeof status, "failed: %s", r->first_message);
     for (uint32_t i = 0; i < r->n_runs; i++)
         if (r->runs[i].failed)
-            kvs_db_end_run(r->db, r->runs[i].run_id, "failed");
+            kvs_db_end_run(r->db, r->runs[i].run_id, status);
     if (r->first_error != KVS_OK)
         return kvs_fail(r->first_error, "%s", r->first_message);
     return KVS_OK;
+}
+
+/* Checks a spec against a trace's shapes, so that a combination that cannot
+** run (a group larger than head_dim, ...) fails before any run row exists. */
+static kvs_status_e check_spec(const kvs_replay_trace_t *rt, const kvs_kernel_spec_t *spec)
+{
+    kvs_kernel_dims_t dims = {
+        .head_dim = rt->shape.head_dim, .group_size = rt->shape.n_heads / rt->shape.n_kv_heads,
+        .n_layers = rt->shape.n_layers, .n_kv_heads = rt->shape.n_kv_heads,
+    };
+    kvs_status_e rc = kvs_kernel_spec_check(spec, &dims);
+
+    if (rc != KVS_OK)
+        kvs_error_prefix("--kernel '%s' on %s (head_dim %u)", kvs_kernel_spec_text(spec), rt->path,
+                         rt->shape.head_dim);
+    return rc;
 }
 
 /* ---- entry --------------------------------------------------------------- */
@@ -524,10 +544,18 @@ kvs_status_e kvs_replay_run(const kvs_replay_opts_t *opts)
         rc = kvs_fail(KVS_ERR_NOMEM, "out of memory");
 
     /* Invariant 1: validate every input before opening the database. */
-    for (uint32_t i = 0; rc == KVS_OK && i < opts->n_kernels; i++)
+    for (uint32_t i = 0; rc == KVS_OK && i < opts->n_kernels; i++) {
         rc = kvs_kernel_spec_parse(opts->kernels[i], &r.specs[i]);
+        if (rc != KVS_OK)
+            kvs_error_prefix("--kernel '%s'", opts->kernels[i]);
+    }
     for (uint32_t i = 0; rc == KVS_OK && i < opts->n_traces; i++)
         rc = open_trace(opts->traces[i], &r.traces[i]);
+
+    for (uint32_t ti = 0; rc == KVS_OK && ti < opts->n_traces; ti++)
+        for (uint32_t ki = 0; rc == KVS_OK && ki < opts->n_kernels; ki++)
+            rc = check_spec(&r.traces[ti], r.specs[ki]);
+    r.n_threads = opts->threads ? opts->threads : default_threads();
 
     if (rc == KVS_OK)
         rc = kvs_db_open(opts->db_path, &r.db);
