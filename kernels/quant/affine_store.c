@@ -434,6 +434,9 @@ void kvs_affine_cost(const kvs_affine_cfg_t *c, uint32_t query_group, uint64_t n
     out->read_bytes = codes + params + window;
     out->written_bytes = win_row;  /* the appended position enters the window */
     out->flops = 2.0 * (double)n * c->d * query_group + 2.0 * (double)nq * c->d;
+    /* NOTE: with flush=requant, every `residual` steps one step also
+    ** dequantizes and re-quantizes the whole cache; that traffic is not in
+    ** these per-step figures (kvsim bench shows it in the mean append). */
     if (!c->compressed) {
         /* Storage-only: the dense copy of all n positions (in the window
         ** format, the compute dtype of a Hugging Face model in BF16) is
