@@ -6,23 +6,67 @@
 #include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+
+/* Usage of each subcommand, without the "usage: " prefix. */
+static const char help_merge[] =
+    "kvsim db merge OUT IN...   combine shard databases (kvsim replay --shard K/N) into\n"
+    "                                  the new file OUT; every input must have this kvsim's\n"
+    "                                  schema version, and a unit present in several inputs\n"
+    "                                  must have identical results\n";
+static const char help_init[] =
+    "kvsim db init DB           create an empty results database (replay also creates one)\n";
+static const char help_migrate[] =
+    "kvsim db migrate DB        upgrade DB to this kvsim's schema version in place\n";
+static const char help_info[] =
+    "kvsim db info DB           print the schema version and row counts\n";
+
+static const char help_options[] =
+    "\nOptions of every subcommand: -h, --help prints its usage; '--' ends the options, so a\n"
+    "following path may start with '-'.\n\n"
+    "The schema, every column and example queries: docs/schema.md.\n";
 
 static void print_help(FILE *out)
 {
-    fprintf(out,
-            "usage: kvsim db merge OUT IN...   combine shard databases (kvsim replay --shard K/N) into\n"
-            "                                  the new file OUT; every input must have this kvsim's\n"
-            "                                  schema version, and a unit present in several inputs\n"
-            "                                  must have identical results\n"
-            "       kvsim db init DB           create an empty results database (replay also creates one)\n"
-            "       kvsim db migrate DB        upgrade DB to this kvsim's schema version in place\n"
-            "       kvsim db info DB           print the schema version and row counts\n\n"
-            "The schema, every column and example queries: docs/schema.md.\n");
+    fprintf(out, "usage: %s       %s       %s       %s%s", help_merge, help_init, help_migrate, help_info,
+            help_options);
+}
+
+/* Handles the options of subcommand argv[0], which takes only paths:
+** prints help for -h or --help, rejects any other argument that starts with
+** '-', and drops a '--' separator. Returns -1 when the caller should go on
+** with the remaining paths in argv[1..*argc-1], else the exit status. */
+static int parse_paths(int *argc, char **argv, const char *help)
+{
+    int n = 1, options_done = 0;
+
+    for (int i = 1; i < *argc; i++) {
+        const char *arg = argv[i];
+        if (!options_done && (!strcmp(arg, "-h") || !strcmp(arg, "--help"))) {
+            printf("usage: %s%s", help, help_options);
+            return KVS_EXIT_OK;
+        }
+        if (!options_done && !strcmp(arg, "--")) {
+            options_done = 1;
+            continue;
+        }
+        if (!options_done && arg[0] == '-' && arg[1] != '\0')
+            return kvs_cli_usage_error("db", "unknown option '%s' for db %s; db %s takes only paths (use '--' "
+                                       "before a path that starts with '-')",
+                                       arg, argv[0], argv[0]);
+        argv[n++] = argv[i];
+    }
+    *argc = n;
+    return -1;
 }
 
 static int cmd_merge(int argc, char **argv)
 {
     kvs_status_e rc;
+    int parsed = parse_paths(&argc, argv, help_merge);
+
+    if (parsed >= 0)
+        return parsed;
 
     if (argc < 3)
         return kvs_cli_usage_error("db", "merge expects OUT and at least one IN database");
@@ -35,8 +79,13 @@ static int cmd_merge(int argc, char **argv)
 
 static int cmd_migrate(int argc, char **argv)
 {
+    struct stat st;
     kvs_db_t *db;
     kvs_status_e rc;
+    int parsed = parse_paths(&argc, argv, help_migrate);
+
+    if (parsed >= 0)
+        return parsed;
 
     if (argc != 2)
         return kvs_cli_usage_error("db", "migrate expects one database path");
@@ -50,10 +99,14 @@ static int cmd_migrate(int argc, char **argv)
     }
     if (rc != KVS_ERR_DB_SCHEMA)
         return kvs_cli_report_error("db migrate", rc);
+
+    /* An empty file gets a fresh schema, as db init would create. */
+    int was_empty = stat(argv[1], &st) == 0 && st.st_size == 0;
     rc = kvs_db_open(argv[1], &db);
     if (rc != KVS_OK)
         return kvs_cli_report_error("db migrate", rc);
-    printf("%s: migrated to schema version %d\n", argv[1], kvs_db_file_version(db));
+    printf("%s: %s schema version %d\n", argv[1], was_empty ? "was empty; created" : "migrated to",
+           kvs_db_file_version(db));
     kvs_db_close(db);
     return KVS_EXIT_OK;
 }
@@ -62,6 +115,10 @@ static int cmd_init(int argc, char **argv)
 {
     kvs_db_t *db;
     kvs_status_e rc;
+    int parsed = parse_paths(&argc, argv, help_init);
+
+    if (parsed >= 0)
+        return parsed;
 
     if (argc != 2)
         return kvs_cli_usage_error("db", "init expects one database path");
@@ -96,6 +153,10 @@ static int cmd_info(int argc, char **argv)
     kvs_db_t *db;
     kvs_status_e rc;
     int status = KVS_EXIT_OK;
+    int parsed = parse_paths(&argc, argv, help_info);
+
+    if (parsed >= 0)
+        return parsed;
 
     if (argc != 2)
         return kvs_cli_usage_error("db", "info expects one database path");

@@ -22,7 +22,7 @@ static const command_t commands[] = {
     {"bench", kvs_cmd_bench, "time kernels' append and attention steps on trace data"},
     {"replay", kvs_cmd_replay, "replay kernels over traces and store fidelity in SQLite"},
     {"report", kvs_cmd_report, "turn a results database into gnuplot figures and HTML"},
-    {"db", kvs_cmd_db, "results databases: merge shards"},
+    {"db", kvs_cmd_db, "results databases: init, migrate, info, merge shards"},
 };
 
 static void print_usage(FILE *out)

@@ -196,6 +196,12 @@ static kvs_status_e open_schema(kvs_db_t *db, int target)
     }
 
     if (db->readonly) {
+        /* A 0-byte file (from touch or an interrupted copy) reads as version
+        ** 0 with no tables, and migrating it would not give it results. */
+        KVS_RETURN_IF(version == 0 && n_objects == 0, KVS_ERR_DB_SCHEMA,
+                      "%s is empty (no tables), not a kvsim results database; give the database written by "
+                      "kvsim replay, or create one with 'kvsim db init %s'",
+                      db->path, db->path);
         KVS_RETURN_IF(version != kvs_db_schema_version(), KVS_ERR_DB_SCHEMA,
                       "database %s has schema version %lld but this kvsim reads version %d; upgrade it "
                       "first with 'kvsim db migrate %s'",

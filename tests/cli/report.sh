@@ -73,5 +73,24 @@ units=$(sqlite3 "$tmp/merged.db" "SELECT COUNT(*) FROM units")
 [ "$units" = "2" ] || fail "merged database has $units units, expected 2"
 "$KVSIM" db merge "$tmp/merged.db" "$db" 2>/dev/null; [ $? -eq 1 ] || fail "merge over an existing file did not fail"
 
+# Every db subcommand prints its own usage for -h and --help, creates no
+# file named after the option, and rejects other options with exit 2.
+for sub in init migrate info merge; do
+  for opt in -h --help; do
+    (cd "$tmp" && "$KVSIM" db "$sub" "$opt" >"$tmp/stdout" 2>"$tmp/stderr")
+    [ $? -eq 0 ] || fail "db $sub $opt exited non-zero: $(cat "$tmp/stderr")"
+    grep -q "usage: kvsim db $sub" "$tmp/stdout" || fail "db $sub $opt printed no usage: $(cat "$tmp/stdout")"
+    [ -e "$tmp/$opt" ] && fail "db $sub $opt created a file named $opt"
+  done
+  (cd "$tmp" && "$KVSIM" db "$sub" --bogus "$db" 2>"$tmp/stderr"); [ $? -eq 2 ] || fail "db $sub --bogus did not exit 2"
+  grep -q "unknown option '--bogus'" "$tmp/stderr" || fail "db $sub --bogus message: $(cat "$tmp/stderr")"
+done
+
+# A 0-byte file is named as empty, not as an old schema to migrate.
+: >"$tmp/empty.db"
+"$KVSIM" report --db "$tmp/empty.db" -o "$out" 2>"$tmp/stderr"; [ $? -eq 1 ] || fail "empty db did not exit 1"
+grep -q "empty.db is empty" "$tmp/stderr" || fail "empty db message: $(cat "$tmp/stderr")"
+grep -q "migrate" "$tmp/stderr" && fail "empty db message suggests a migration: $(cat "$tmp/stderr")"
+
 rm -rf "$tmp"
 echo "cli report: ok"
