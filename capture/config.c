@@ -72,17 +72,23 @@ static kvs_status_e check_architecture(json_t *root, const char *path)
                   "%s: \"architectures\" must be an array of strings", path);
     KVS_RETURN_IF(type && !json_is_null(type) && !json_is_string(type), KVS_ERR_CONFIG,
                   "%s: \"model_type\" must be a string", path);
-    if (json_is_string(type) && !strcmp(json_string_value(type), "llama"))
-        llama = 1;
+    /* Both keys must agree when present: a config naming another
+    ** architecture in either one describes a model the Llama pass would
+    ** compute wrongly without any error. */
+    int type_ok = !json_is_string(type) || !strcmp(json_string_value(type), "llama");
+    int arch_ok = !json_is_array(arch) || json_array_size(arch) == 0;
     for (size_t i = 0; json_is_array(arch) && i < json_array_size(arch); i++) {
         json_t *a = json_array_get(arch, i);
         if (json_is_string(a) && !strcmp(json_string_value(a), "LlamaForCausalLM"))
-            llama = 1;
+            arch_ok = 1;
     }
+    llama = type_ok && arch_ok && (json_is_string(type) || json_array_size(arch) > 0);
     if (!llama) {
-        const char *name = json_is_string(type) ? json_string_value(type) : "(none)";
-        if (json_array_size(arch) && json_is_string(json_array_get(arch, 0)))
+        const char *name = "(neither architectures nor model_type given)";
+        if (!arch_ok && json_is_string(json_array_get(arch, 0)))
             name = json_string_value(json_array_get(arch, 0));
+        else if (!type_ok)
+            name = json_string_value(type);
         return kvs_fail(KVS_ERR_UNSUPPORTED,
                         "%s: architecture %.80s is not supported; kvsim runs LlamaForCausalLM "
                         "(model_type \"llama\") only",

@@ -136,6 +136,14 @@ START_TEST(config_bad_json_and_unsupported)
     ck_assert_ptr_nonnull(strstr(kvs_error_message(), "MistralForCausalLM"));
     free(text);
     json_decref(root);
+
+    /* One key naming another architecture is enough to reject the config,
+    ** whatever the other key says. */
+    ck_assert_int_eq(parse_with("model_type", json_string("gpt2"), &c), KVS_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(kvs_error_message(), "gpt2"));
+    ck_assert_int_eq(parse_with("architectures", json_pack("[s]", "MistralForCausalLM"), &c),
+                     KVS_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(kvs_error_message(), "MistralForCausalLM"));
 }
 END_TEST
 
