@@ -451,37 +451,56 @@ static void cost_add(kvs_kernel_cost_t *out, const kvs_part_cost_t *c)
     out->flops += c->flops;
 }
 
+/* Adds a codec's cost: stored bytes for the resident positions, reads and
+** operations for the attended ones. */
+static void codec_cost(const kvs_codec_i *codec, const kvs_params_t *params,
+                       const kvs_kernel_dims_t *dims, unsigned role, uint64_t resident,
+                       uint64_t attended, double share, kvs_kernel_cost_t *out)
+{
+    kvs_part_cost_t c;
+
+    memset(&c, 0, sizeof c);
+    codec->cost(params, dims, role, resident, &c);
+    c.bytes_per_token *= share;
+    if (attended != resident) {
+        kvs_part_cost_t r;
+        memset(&r, 0, sizeof r);
+        codec->cost(params, dims, role, attended, &r);
+        c.read_bytes = r.read_bytes;
+        c.flops = r.flops;
+    }
+    cost_add(out, &c);
+}
+
 kvs_status_e kvs_kernel_spec_cost(const kvs_kernel_spec_t *spec, const kvs_kernel_dims_t *dims,
                                   uint64_t n_context, kvs_kernel_cost_t *out)
 {
     kvs_part_cost_t c;
-    uint64_t resident = n_context;
+    uint64_t resident = n_context, attended;
 
     memset(out, 0, sizeof *out);
+    memset(&c, 0, sizeof c);
     KVS_FORWARD(kvs_kernel_spec_check(spec, dims));
     if (spec->policy) {
-        memset(&c, 0, sizeof c);
         spec->policy->cost(&spec->policy_params, dims, n_context, &c, &resident);
         if (resident > n_context)
             resident = n_context;
         cost_add(out, &c);
     }
+    attended = c.attended && c.attended < resident ? c.attended : resident;
+
     /* A policy that keeps a share of the context stores that share of the
     ** codec's bytes for each token of context, so bytes per token compare
     ** with compression kernels at the same context length. */
     double share = n_context ? (double)resident / (double)n_context : 1.0;
-    memset(&c, 0, sizeof c);
-    spec->key.codec->cost(&spec->key.params, dims, KVS_CODEC_KEY, resident, &c);
-    c.bytes_per_token *= share;
-    cost_add(out, &c);
-    memset(&c, 0, sizeof c);
-    spec->value.codec->cost(&spec->value.params, dims, KVS_CODEC_VALUE, resident, &c);
-    c.bytes_per_token *= share;
-    cost_add(out, &c);
+    codec_cost(spec->key.codec, &spec->key.params, dims, KVS_CODEC_KEY, resident, attended, share,
+               out);
+    codec_cost(spec->value.codec, &spec->value.params, dims, KVS_CODEC_VALUE, resident, attended,
+               share, out);
 
     /* Scaling by 1/sqrt(d) and the softmax: about five operations per
     ** logit. */
-    out->flops += 5.0 * (double)dims->group_size * (double)resident;
+    out->flops += 5.0 * (double)dims->group_size * (double)attended;
     return KVS_OK;
 }
 

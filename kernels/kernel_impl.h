@@ -81,6 +81,9 @@ typedef struct kvs_part_cost {
     uint64_t read_bytes;
     uint64_t written_bytes;
     double flops;
+    uint64_t attended;   /* policies only: positions one decode step reads
+                            (Quest's selected pages); 0 means every resident
+                            position. Codec reads are charged for these. */
 } kvs_part_cost_t;
 
 /* ---- codecs ----------------------------------------------------------- */

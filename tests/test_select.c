@@ -1088,6 +1088,7 @@ START_TEST(cost_state_bytes_by_policy)
     ck_assert_uint_eq(cost.stored_bytes, 128 * 256);
     ck_assert_uint_eq(cost.read_bytes, 128 * 256);
     ck_assert_double_eq_tol(cost.bytes_per_token, 16.0, 1e-12);
+    ck_assert_uint_eq(cost.attended, (2048 / 5 + 15) / 16 * 16);   /* 409 positions, rounded up to pages */
 
     /* StreamingLLM: 10 tokens of budget are 4 sinks and a window of 6. */
     p = default_params(find_policy("streamingllm"));
@@ -1102,6 +1103,31 @@ START_TEST(cost_state_bytes_by_policy)
     find_policy("snapkv")->cost(&p, &dims, 2048, &cost, &resident);
     ck_assert_uint_eq(resident, 204);
     ck_assert_uint_eq(cost.stored_bytes, 0);
+}
+END_TEST
+
+/* Quest keeps the whole cache but a step reads only the selected pages:
+** through the framework, bytes read are the page bounds plus the selected
+** positions' dense keys and values, far below a dense step. */
+START_TEST(quest_reads_selected_pages_only)
+{
+    kvs_kernel_dims_t dims = {64, 3, 30, 3, 5, 0, 1};
+    kvs_kernel_spec_t *quest, *dense;
+    kvs_kernel_cost_t q, d;
+
+    ck_assert_int_eq(kvs_kernel_spec_parse("quest:budget=64,dtype=bf16/dense:dtype=bf16", &quest),
+                     KVS_OK);
+    ck_assert_int_eq(kvs_kernel_spec_parse("dense:dtype=bf16", &dense), KVS_OK);
+    ck_assert_int_eq(kvs_kernel_spec_cost(quest, &dims, 8192, &q), KVS_OK);
+    ck_assert_int_eq(kvs_kernel_spec_cost(dense, &dims, 8192, &d), KVS_OK);
+
+    /* 8192 / 16 pages of 2 * 64 bf16 bounds, then 4 pages of 16 positions
+    ** with 64 bf16 values of K and of V. */
+    ck_assert_uint_eq(q.read_bytes, 512 * 256 + 64 * 2 * 128);
+    ck_assert_uint_eq(d.read_bytes, 8192 * 2 * 128);
+    ck_assert_uint_eq(q.stored_bytes, d.stored_bytes + 512 * 256);
+    kvs_kernel_spec_free(quest);
+    kvs_kernel_spec_free(dense);
 }
 END_TEST
 
@@ -1128,6 +1154,7 @@ int main(void)
     tcase_add_test(tc, keynorm_keeps_lowest_norms);
     tcase_add_test(tc, quest_bound_not_below_max_logit);
     tcase_add_test(tc, quest_bound_tight_for_extreme_key);
+    tcase_add_test(tc, quest_reads_selected_pages_only);
     tcase_add_test(tc, quest_attends_top_pages);
     tcase_add_test(tc, quest_dense_layers_attend_all);
     tcase_add_test(tc, costs_follow_state);

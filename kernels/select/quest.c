@@ -244,9 +244,11 @@ static void quest_cost(const kvs_params_t *p, const kvs_kernel_dims_t *dims, uin
     out->stored_bytes = pages * page_bytes;
     out->read_bytes = dense ? 0 : pages * page_bytes;
     out->flops = dense ? 0 : 4.0 * (double)pages * dims->head_dim * dims->group_size;
-    /* NOTE: the interface has one resident count for stored and read bytes,
-    ** so the framework counts codec reads for the whole cache, though a step
-    ** reads only the selected pages' keys and values. */
+    /* The whole cache stays resident, but a step reads only the selected
+    ** pages' keys and values (all of them in a dense layer). */
+    uint64_t selected = (uint64_t)quest_selected(kvs_param_number(p, "budget"), page,
+                                                 (uint32_t)kvs_param_number(p, "min_pages"), n) * page;
+    out->attended = dense || selected > n_context ? n_context : selected;
     *resident = n_context;
 }
 
