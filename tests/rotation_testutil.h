@@ -1,7 +1,7 @@
 /*
 ** rotation_testutil.h: helpers for the rotation, sketch and value-path
-** suites: parameters filled from a codec's docs, random vectors, and a
-** codec stream driven directly through its vtable.
+** suites: parsed codec parameters, random vectors, and a codec stream
+** driven directly through its vtable.
 */
 #ifndef KVS_ROTATION_TESTUTIL_H
 #define KVS_ROTATION_TESTUTIL_H
@@ -14,55 +14,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Fills p from docs: defaults, then "name=value,..." overrides. ENUM values
-** are looked up in the choices; the test fails on an unknown name. */
+/* Parses "name=value,..." against docs into p, defaults filled in; the
+** test fails on anything kvs_params_parse rejects. */
 static inline void rt_params(const kvs_param_doc_t *docs, const char *text, kvs_params_t *p)
 {
-    memset(p, 0, sizeof *p);
-    p->docs = docs;
-    for (uint32_t i = 0; docs[i].name; i++) {
-        const char *value = docs[i].default_value;
-        char buf[64];
-
-        if (text) {
-            const char *hit = strstr(text, docs[i].name);
-
-            while (hit && !((hit == text || hit[-1] == ',') &&
-                            hit[strlen(docs[i].name)] == '='))
-                hit = strstr(hit + 1, docs[i].name);
-            if (hit) {
-                size_t len = strcspn(hit + strlen(docs[i].name) + 1, ",");
-
-                memcpy(buf, hit + strlen(docs[i].name) + 1, len);
-                buf[len] = '\0';
-                value = buf;
-            }
-        }
-        if (docs[i].type == KVS_PARAM_ENUM) {
-            const char *c = docs[i].choices;
-            int index = 0, found = 0;
-
-            while (*c) {
-                size_t len = strcspn(c, "|");
-
-                if (len == strlen(value) && strncmp(c, value, len) == 0) {
-                    found = 1;
-                    break;
-                }
-                index++;
-                c += len + (c[len] == '|');
-            }
-            ck_assert_msg(found, "unknown choice '%s' for %s", value, docs[i].name);
-            p->number[i] = index;
-            p->text[i] = NULL;
-        } else {
-            p->number[i] = strtod(value, NULL);
-            /* BUDGET in percent is stored as a negative fraction. */
-            if (docs[i].type == KVS_PARAM_BUDGET && strchr(value, '%'))
-                p->number[i] = -p->number[i] / 100.0;
-        }
-        p->n = i + 1;
-    }
+    ck_assert_msg(kvs_params_parse("test", docs, text, p) == KVS_OK, "parameters '%s': %s",
+                  text ? text : "", kvs_error_message());
 }
 
 static inline void rt_random_unit(kvs_rot_rng_t *rng, float *x, uint32_t d)

@@ -178,7 +178,7 @@ static void check_logits_against_decode(const char *params, int prod)
 
     /* An encoder with the codec's configuration decodes the same codes. */
     rt_params(codec->params, params, &p);
-    cfg.mse_bits = (unsigned)kvs_rot_param(&p, "bits") - (prod ? 1 : 0);
+    cfg.mse_bits = (unsigned)kvs_param_number(&p, "bits") - (prod ? 1 : 0);
     cfg.m = prod ? D : 0;
     cfg.store_gamma = prod;
     cfg.seed = kvs_rot_stream_seed(&dims, 0x7451u);

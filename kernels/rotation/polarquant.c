@@ -69,21 +69,21 @@ static const kvs_param_doc_t polar_params[] = {
 static void polar_layout(const kvs_params_t *p, uint32_t d, uint32_t *code_bytes,
                          uint32_t *row_bytes)
 {
-    uint32_t levels = (uint32_t)kvs_rot_param(p, "levels");
+    uint32_t levels = (uint32_t)kvs_param_number(p, "levels");
     uint32_t block = 1u << levels;
     uint32_t n_blocks = d / block;
     uint64_t bits = 0;
 
     for (uint32_t l = 1; l <= levels; l++)
         bits += (uint64_t)(block >> l) *
-                (uint32_t)kvs_rot_param(p, l == 1 ? "bits1" : "bits_hi");
+                (uint32_t)kvs_param_number(p, l == 1 ? "bits1" : "bits_hi");
     *code_bytes = (uint32_t)((bits * n_blocks + 7) / 8);
     *row_bytes = *code_bytes + 2 * n_blocks;
 }
 
 static kvs_status_e polar_check(const kvs_params_t *p, const kvs_kernel_dims_t *dims)
 {
-    uint32_t levels = (uint32_t)kvs_rot_param(p, "levels");
+    uint32_t levels = (uint32_t)kvs_param_number(p, "levels");
     uint32_t block = 1u << levels;
     uint32_t fit = 0;
 
@@ -93,7 +93,7 @@ static kvs_status_e polar_check(const kvs_params_t *p, const kvs_kernel_dims_t *
                   "polarquant: head_dim %u is not a multiple of the block size %u (levels=%u); "
                   "use levels=%u or fewer",
                   dims->head_dim, block, levels, fit);
-    KVS_FORWARD(kvs_rotation_check((kvs_rotation_kind_e)kvs_rot_param(p, "rotation"),
+    KVS_FORWARD(kvs_rotation_check((kvs_rotation_kind_e)kvs_param_number(p, "rotation"),
                                    dims->head_dim, "polarquant"));
     return KVS_OK;
 }
@@ -153,20 +153,20 @@ static kvs_status_e polar_create(const kvs_params_t *p, const kvs_kernel_dims_t 
     c = calloc(1, sizeof *c);
     KVS_RETURN_IF(!c, KVS_ERR_NOMEM, "out of memory for a PolarQuant codec");
     c->d = dims->head_dim;
-    c->levels = (uint32_t)kvs_rot_param(p, "levels");
+    c->levels = (uint32_t)kvs_param_number(p, "levels");
     c->block = 1u << c->levels;
     c->n_blocks = c->d / c->block;
     c->n_codes_block = c->block - 1;
-    c->path = (kvs_tq_path_e)kvs_rot_param(p, "path");
+    c->path = (kvs_tq_path_e)kvs_param_number(p, "path");
     c->code_bits_block = 0;
     for (uint32_t l = 1; l <= c->levels; l++) {
-        c->bits[l] = (unsigned)kvs_rot_param(p, l == 1 ? "bits1" : "bits_hi");
+        c->bits[l] = (unsigned)kvs_param_number(p, l == 1 ? "bits1" : "bits_hi");
         c->code_bits_block += (c->block >> l) * c->bits[l];
     }
     polar_layout(p, c->d, &c->code_bytes, &c->row_bytes);
     kvs_rot_rows_init(&c->rows, c->row_bytes);
 
-    c->rot_kind = (kvs_rotation_kind_e)kvs_rot_param(p, "rotation");
+    c->rot_kind = (kvs_rotation_kind_e)kvs_param_number(p, "rotation");
     rc = kvs_rotation_create(c->rot_kind, c->d, kvs_rot_stream_seed(dims, 0x504Fu), &c->rot);
     for (uint32_t l = 1; l <= c->levels && rc == KVS_OK; l++) {
         uint32_t n_levels = 1u << c->bits[l];
@@ -447,12 +447,12 @@ static void polar_output(void *state, const float *w, uint32_t group, const uint
 
 static uint64_t polar_shared_bytes(const kvs_params_t *p, uint32_t d)
 {
-    uint64_t bytes = kvs_rotation_bytes((kvs_rotation_kind_e)kvs_rot_param(p, "rotation"), d);
-    uint32_t levels = (uint32_t)kvs_rot_param(p, "levels");
+    uint64_t bytes = kvs_rotation_bytes((kvs_rotation_kind_e)kvs_param_number(p, "rotation"), d);
+    uint32_t levels = (uint32_t)kvs_param_number(p, "levels");
 
     /* Codebooks: one F32 angle per code and level. */
     for (uint32_t l = 1; l <= levels; l++)
-        bytes += ((uint64_t)1 << (uint32_t)kvs_rot_param(p, l == 1 ? "bits1" : "bits_hi")) *
+        bytes += ((uint64_t)1 << (uint32_t)kvs_param_number(p, l == 1 ? "bits1" : "bits_hi")) *
                  sizeof(float);
     return bytes;
 }
@@ -472,7 +472,7 @@ static void polar_cost(const kvs_params_t *p, const kvs_kernel_dims_t *dims, uns
 {
     uint32_t code_bytes, row_bytes;
     uint32_t d = dims->head_dim;
-    uint32_t levels = (uint32_t)kvs_rot_param(p, "levels");
+    uint32_t levels = (uint32_t)kvs_param_number(p, "levels");
     double per_token;
 
     polar_layout(p, d, &code_bytes, &row_bytes);
@@ -486,7 +486,7 @@ static void polar_cost(const kvs_params_t *p, const kvs_kernel_dims_t *dims, uns
     ** 2 flops per node and the block accumulation (values). */
     per_token = (double)(d / (1u << levels)) * (3.0 * ((1u << levels) / 2) + 2.0);
     out->flops = (double)(dims->group_size ? dims->group_size : 1) *
-                 (kvs_rotation_flops((kvs_rotation_kind_e)kvs_rot_param(p, "rotation"), d) +
+                 (kvs_rotation_flops((kvs_rotation_kind_e)kvs_param_number(p, "rotation"), d) +
                   (double)n_context * per_token);
 }
 

@@ -319,16 +319,7 @@ extern const kvs_codec_i kvs_codec_polarquant;
 
 /* ---- parameters ------------------------------------------------------- */
 
-/* Value of a parameter by name. Looks the name up in p->docs, so codecs in
-** this family work on hand-filled parameters too; aborts on a name the doc
-** does not list, because that is a bug in the codec. */
-double kvs_rot_param(const kvs_params_t *p, const char *name);
-/* Fills out with the defaults of docs (an inner codec's parameters). */
-kvs_status_e kvs_rot_params_defaults(const kvs_param_doc_t *docs, kvs_params_t *out);
 /* Sets a declared parameter; returns 0 when docs do not declare it. */
 int kvs_rot_param_set(kvs_params_t *p, const char *name, double value);
-/* A BUDGET parameter in tokens at context n: a count, or a negative
-** fraction of n rounded up; at least 1. */
-uint32_t kvs_rot_param_budget(const kvs_params_t *p, const char *name, uint32_t n);
 
 #endif

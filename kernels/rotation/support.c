@@ -1,6 +1,6 @@
 /*
 ** support.c: random numbers, stream seeds, half precision, growable
-** per-token storage and parameter look-up for the rotation family.
+** per-token storage and parameter overrides for the rotation family.
 */
 #include "rotation_impl.h"
 
@@ -175,55 +175,6 @@ void kvs_rot_rows_free(kvs_rot_rows_t *rows)
 
 /* ---- parameters ------------------------------------------------------- */
 
-double kvs_rot_param(const kvs_params_t *p, const char *name)
-{
-    for (uint32_t i = 0; i < p->n && p->docs[i].name; i++)
-        if (strcmp(p->docs[i].name, name) == 0)
-            return p->number[i];
-    fprintf(stderr, "kvsim internal error: parameter '%s' is not declared by this codec\n",
-            name);
-    abort();
-}
-
-kvs_status_e kvs_rot_params_defaults(const kvs_param_doc_t *docs, kvs_params_t *out)
-{
-    memset(out, 0, sizeof *out);
-    out->docs = docs;
-    for (uint32_t i = 0; docs[i].name; i++) {
-        KVS_RETURN_IF(i >= KVS_MAX_PARAMS, KVS_ERR_INTERNAL, "codec declares over %d parameters",
-                      KVS_MAX_PARAMS);
-        if (docs[i].type == KVS_PARAM_ENUM) {
-            const char *c = docs[i].choices;
-            size_t want = strlen(docs[i].default_value);
-            int index = 0;
-
-            while (*c) {
-                size_t len = strcspn(c, "|");
-
-                if (len == want && strncmp(c, docs[i].default_value, len) == 0)
-                    break;
-                index++;
-                c += len + (c[len] == '|');
-            }
-            KVS_RETURN_IF(!*c, KVS_ERR_INTERNAL, "parameter %s: default '%s' is not a choice",
-                          docs[i].name, docs[i].default_value);
-            out->number[i] = index;
-            out->text[i] = docs[i].default_value;
-        } else {
-            const char *v = docs[i].default_value;
-            size_t len = strlen(v);
-            double x = strtod(v, NULL);
-
-            /* A BUDGET default in percent is stored as a negative fraction. */
-            if (docs[i].type == KVS_PARAM_BUDGET && len && v[len - 1] == '%')
-                x = -x / 100.0;
-            out->number[i] = x;
-        }
-        out->n = i + 1;
-    }
-    return KVS_OK;
-}
-
 int kvs_rot_param_set(kvs_params_t *p, const char *name, double value)
 {
     for (uint32_t i = 0; i < p->n && p->docs[i].name; i++) {
@@ -233,14 +184,4 @@ int kvs_rot_param_set(kvs_params_t *p, const char *name, double value)
         }
     }
     return 0;
-}
-
-uint32_t kvs_rot_param_budget(const kvs_params_t *p, const char *name, uint32_t n)
-{
-    double b = kvs_rot_param(p, name);
-    double tokens = b < 0.0 ? ceil(-b * n) : b;
-
-    if (tokens < 1.0)
-        return 1;
-    return tokens > 4294967295.0 ? UINT32_MAX : (uint32_t)tokens;
 }

@@ -84,16 +84,16 @@ static const kvs_param_doc_t qjl_params[] = {
 
 static uint32_t n_outliers(const kvs_params_t *p, uint32_t d)
 {
-    return (uint32_t)floor(kvs_rot_param(p, "outliers") * d + 1e-9);
+    return (uint32_t)floor(kvs_param_number(p, "outliers") * d + 1e-9);
 }
 
 /* Encoder configurations of the regular and the outlier part. */
 static void make_configs(tq_variant_e variant, const kvs_params_t *p,
                          const kvs_kernel_dims_t *dims, kvs_tq_config_t cfg[2], uint32_t *n_out)
 {
-    unsigned bits = (unsigned)kvs_rot_param(p, "bits");
-    unsigned out_bits = (unsigned)kvs_rot_param(p, "outlier_bits");
-    int rotation = variant == TQ_VARIANT_QJL ? -1 : (int)kvs_rot_param(p, "rotation");
+    unsigned bits = (unsigned)kvs_param_number(p, "bits");
+    unsigned out_bits = (unsigned)kvs_param_number(p, "outlier_bits");
+    int rotation = variant == TQ_VARIANT_QJL ? -1 : (int)kvs_param_number(p, "rotation");
 
     *n_out = n_outliers(p, dims->head_dim);
     memset(cfg, 0, 2 * sizeof *cfg);
@@ -133,7 +133,7 @@ static kvs_status_e tq_check_variant(tq_variant_e variant, const char *name,
                       "%s: outliers=%g splits head_dim %u into %u and %u channels, but "
                       "rotation=hadamard needs powers of two; use outliers=0.5 or "
                       "rotation=dense",
-                      name, kvs_rot_param(p, "outliers"), dims->head_dim, n_out, cfg[0].n);
+                      name, kvs_param_number(p, "outliers"), dims->head_dim, n_out, cfg[0].n);
     KVS_FORWARD(kvs_tq_check(&cfg[0], name));
     if (n_out)
         KVS_FORWARD(kvs_tq_check(&cfg[1], name));
@@ -153,10 +153,10 @@ static kvs_status_e tq_create_variant(tq_variant_e variant, const kvs_params_t *
     KVS_RETURN_IF(!c, KVS_ERR_NOMEM, "out of memory for a TurboQuant codec");
     c->variant = variant;
     c->d = dims->head_dim;
-    c->path = (kvs_tq_path_e)kvs_rot_param(p, "path");
+    c->path = (kvs_tq_path_e)kvs_param_number(p, "path");
     make_configs(variant, p, dims, cfg, &n_out);
     rc = kvs_rot_split_create(dims->head_dim, n_out, &cfg[0], &cfg[1], &c->split);
-    if (rc == KVS_OK && kvs_rot_param(p, "center") != 0.0)
+    if (rc == KVS_OK && kvs_param_number(p, "center") != 0.0)
         rc = kvs_rot_split_set_center(c->split);
     if (rc != KVS_OK) {
         kvs_rot_split_destroy(c->split);
@@ -281,7 +281,7 @@ static void tq_cost_variant(tq_variant_e variant, const kvs_params_t *p,
     out->shared_bytes = shared;
     out->stored_bytes = (uint64_t)(row * (double)n_context) + shared;
     /* The prompt mean is per stream, so it is stored but not shared. */
-    if (kvs_rot_param(p, "center") != 0.0)
+    if (kvs_param_number(p, "center") != 0.0)
         out->stored_bytes += (uint64_t)dims->head_dim * sizeof(float);
     /* A step reads every row once for the whole query group and the shared
     ** tables once; per-query work is the table build and the look-ups. */

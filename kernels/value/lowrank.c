@@ -29,7 +29,7 @@ static const kvs_param_doc_t lowrank_params[] = {
 
 static kvs_status_e lowrank_check(const kvs_params_t *p, const kvs_kernel_dims_t *dims)
 {
-    uint32_t r = (uint32_t)kvs_rot_param(p, "rank");
+    uint32_t r = (uint32_t)kvs_param_number(p, "rank");
 
     KVS_RETURN_IF(r > dims->head_dim, KVS_ERR_KERNEL_SPEC,
                   "lowrank: rank=%u exceeds head_dim %u; use rank <= %u", r, dims->head_dim,
@@ -61,7 +61,7 @@ static kvs_status_e lowrank_create(const kvs_params_t *p, const kvs_kernel_dims_
     c = calloc(1, sizeof *c);
     KVS_RETURN_IF(!c, KVS_ERR_NOMEM, "out of memory for a low-rank value codec");
     c->d = dims->head_dim;
-    c->r = (uint32_t)kvs_rot_param(p, "rank");
+    c->r = (uint32_t)kvs_param_number(p, "rank");
     c->basis = calloc((size_t)c->d * c->r, sizeof *c->basis);
     c->z = calloc(c->r, sizeof *c->z);
     rc = (c->basis && c->z) ? kvs_val_store_init(&c->pending, c->d)
@@ -209,7 +209,7 @@ static uint64_t lowrank_stored_bytes(const void *state)
 static void lowrank_cost(const kvs_params_t *p, const kvs_kernel_dims_t *dims, unsigned role,
                          uint64_t n_context, kvs_part_cost_t *out)
 {
-    uint64_t r = (uint64_t)kvs_rot_param(p, "rank");
+    uint64_t r = (uint64_t)kvs_param_number(p, "rank");
     uint64_t d = dims->head_dim;
 
     memset(out, 0, sizeof *out);

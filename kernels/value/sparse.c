@@ -70,8 +70,8 @@ static kvs_status_e sparse_create(sparse_mode_e mode, const kvs_params_t *p,
     KVS_RETURN_IF(!c, KVS_ERR_NOMEM, "out of memory for a sparse value codec");
     c->mode = mode;
     c->params = *p;
-    c->correction = (sparse_correction_e)kvs_rot_param(p, "correction");
-    c->tau = mode == SPARSE_THRESHOLD ? (float)kvs_rot_param(p, "tau") : 0.0f;
+    c->correction = (sparse_correction_e)kvs_param_number(p, "correction");
+    c->tau = mode == SPARSE_THRESHOLD ? (float)kvs_param_number(p, "tau") : 0.0f;
     c->mean = calloc(dims->head_dim, sizeof *c->mean);
     rc = c->mean ? kvs_val_store_init(&c->store, dims->head_dim)
                  : kvs_fail(KVS_ERR_NOMEM, "out of memory for a sparse value codec");
@@ -159,7 +159,7 @@ static uint32_t select_positions(sparse_codec_t *c, const float *w, const uint8_
     uint32_t count = 0;
 
     if (c->mode == SPARSE_TOPK) {
-        uint32_t k = kvs_rot_param_budget(&c->params, "k", n);
+        uint32_t k = kvs_param_budget(&c->params, "k", n);
         float kth;
         uint32_t m = 0, ties;
 
@@ -304,12 +304,12 @@ static void sparse_cost(sparse_mode_e mode, const kvs_params_t *p, const kvs_ker
     uint32_t d = dims->head_dim;
     uint64_t row = (uint64_t)d * sizeof(float);
     uint64_t n_read = n_context;
-    int mean = (int)kvs_rot_param(p, "correction") == CORRECTION_MEAN;
+    int mean = (int)kvs_param_number(p, "correction") == CORRECTION_MEAN;
 
     /* NOTE: the threshold mode's read count depends on the weights; the
     ** analytic cost assumes every position passes, an upper bound. */
     if (mode == SPARSE_TOPK) {
-        uint32_t k = kvs_rot_param_budget(p, "k", (uint32_t)(n_context > UINT32_MAX ? UINT32_MAX
+        uint32_t k = kvs_param_budget(p, "k", (uint32_t)(n_context > UINT32_MAX ? UINT32_MAX
                                                                                     : n_context));
         if (k < n_read)
             n_read = k;

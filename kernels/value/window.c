@@ -45,7 +45,7 @@ static const kvs_param_doc_t window_params[] = {
 static kvs_status_e inner_params(const kvs_params_t *p, const kvs_codec_i **inner,
                                  kvs_params_t *ip)
 {
-    uint32_t choice = (uint32_t)kvs_rot_param(p, "inner");
+    uint32_t choice = (uint32_t)kvs_param_number(p, "inner");
     const char *c = WINDOW_INNER_CHOICES;
     char name[64];
     size_t len;
@@ -60,11 +60,11 @@ static kvs_status_e inner_params(const kvs_params_t *p, const kvs_codec_i **inne
     name[len] = '\0';
     *inner = kvs_codec_find(name);
     KVS_RETURN_IF(!*inner, KVS_ERR_KERNEL_SPEC, "window: inner codec '%s' is not built in", name);
-    KVS_FORWARD(kvs_rot_params_defaults((*inner)->params, ip));
-    kvs_rot_param_set(ip, "bits", kvs_rot_param(p, "bits"));
-    kvs_rot_param_set(ip, "rank", kvs_rot_param(p, "rank"));
-    if (kvs_rot_param(p, "group") > 0)
-        kvs_rot_param_set(ip, "group", kvs_rot_param(p, "group"));
+    KVS_FORWARD(kvs_params_parse((*inner)->name, (*inner)->params, NULL, ip));
+    kvs_rot_param_set(ip, "bits", kvs_param_number(p, "bits"));
+    kvs_rot_param_set(ip, "rank", kvs_param_number(p, "rank"));
+    if (kvs_param_number(p, "group") > 0)
+        kvs_rot_param_set(ip, "group", kvs_param_number(p, "group"));
     return KVS_OK;
 }
 
@@ -123,8 +123,8 @@ static kvs_status_e window_create(const kvs_params_t *p, const kvs_kernel_dims_t
     c = calloc(1, sizeof *c);
     KVS_RETURN_IF(!c, KVS_ERR_NOMEM, "out of memory for a window value codec");
     c->d = dims->head_dim;
-    c->sinks = (uint32_t)kvs_rot_param(p, "sinks");
-    c->recent = (uint32_t)kvs_rot_param(p, "recent");
+    c->sinks = (uint32_t)kvs_param_number(p, "sinks");
+    c->recent = (uint32_t)kvs_param_number(p, "recent");
     c->sink_v = malloc(((size_t)c->sinks * c->d + 1) * sizeof *c->sink_v);
     c->ring = malloc(((size_t)c->recent * c->d + 1) * sizeof *c->ring);
     rc = (c->sink_v && c->ring) ? inner_params(p, &c->inner, &ip)
@@ -324,7 +324,7 @@ static void window_cost(const kvs_params_t *p, const kvs_kernel_dims_t *dims, un
 {
     const kvs_codec_i *inner;
     kvs_params_t ip;
-    uint64_t window = (uint64_t)kvs_rot_param(p, "sinks") + (uint64_t)kvs_rot_param(p, "recent");
+    uint64_t window = (uint64_t)kvs_param_number(p, "sinks") + (uint64_t)kvs_param_number(p, "recent");
     uint64_t exact = n_context < window ? n_context : window;
     uint64_t row = (uint64_t)dims->head_dim * sizeof(float);
     kvs_part_cost_t in;
