@@ -10,6 +10,7 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,7 @@ static void free_trace(rpt_trace_t *t)
         free(r->host);
         free(r->started_at);
         free(r->finished_at);
+        free(r->execution);
     }
     free(t->runs);
     free(t->hash);
@@ -89,6 +91,64 @@ static void mark_front(rpt_trace_t *t)
     }
 }
 
+/* Returns 1 when any cache part (key, value) of params has `field` equal to
+** `value`, 2 when every part has it, else 0. */
+static int parts_with(const json_t *params, const char *field, const char *value)
+{
+    static const char *const parts[] = {"key", "value"};
+    int n_parts = 0, n_match = 0;
+
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        const json_t *part = json_object_get(params, parts[i]);
+        if (!json_is_object(part))
+            continue;
+        n_parts++;
+        const char *text = json_string_value(json_object_get(part, field));
+        n_match += text && !strcmp(text, value);
+    }
+    if (n_match == 0)
+        return 0;
+    return n_match == n_parts ? 2 : 1;
+}
+
+/* Names how a run executes attention, from its params_json: "dense" when
+** every cache part uses the dense codec, "storage only" when a part has
+** exec=storage (codes dequantized to a dense copy before each step), else
+** "compressed execution". A selection policy (a "select" object, or the
+** selection family) appends " + selection", because eviction is neither.
+** Runs whose params_json lacks the parts fall back to family and
+** compressed_exec. */
+static kvs_status_e label_execution(rpt_run_t *r, const char *params_json)
+{
+    json_t *params = params_json ? json_loads(params_json, 0, NULL) : NULL;
+    const char *base;
+    int selection = !strcmp(r->family, "selection");
+
+    if (json_is_object(params) && (json_object_get(params, "key") || json_object_get(params, "value"))) {
+        selection |= json_is_object(json_object_get(params, "select"));
+        if (parts_with(params, "codec", "dense") == 2)
+            base = "dense";
+        else if (parts_with(params, "exec", "storage"))
+            base = "storage only";
+        else if (parts_with(params, "exec", "compressed"))
+            base = "compressed execution";
+        else
+            base = r->compressed_exec ? "compressed execution" : "storage only";
+    } else if (!strcmp(r->family, "dense")) {
+        base = "dense";
+    } else {
+        base = r->compressed_exec ? "compressed execution" : "storage only";
+    }
+    json_decref(params);
+
+    size_t cap = strlen(base) + sizeof " + selection";
+    r->execution = malloc(cap);
+    if (!r->execution)
+        return kvs_fail(KVS_ERR_NOMEM, "out of memory labelling runs");
+    snprintf(r->execution, cap, "%s%s", base, selection ? " + selection" : "");
+    return KVS_OK;
+}
+
 /* A spec run twice on one trace (another evaluation mode, a rerun without
 ** --resume) gets its run id in its label so legends stay unambiguous. */
 static kvs_status_e label_runs(rpt_trace_t *t)
@@ -120,7 +180,7 @@ static kvs_status_e load_runs(rpt_ctx_t *ctx, rpt_trace_t *t)
                            "k.bytes_per_token, k.stored_bytes, k.read_bytes_per_step, k.cost_context, "
                            "k.output_rel_error, k.logit_rmse, k.kl, k.top1_agreement, k.top8_agreement, "
                            "k.mean_attend_seconds, k.n_units, r.code_version, r.host, r.started_at, r.finished_at, "
-                           "r.threads FROM kernel_summary k JOIN runs r ON r.id = k.run_id WHERE k.trace_id = ? "
+                           "r.threads, k.mass_kept, k.recall8, r.params_json FROM kernel_summary k JOIN runs r ON r.id = k.run_id WHERE k.trace_id = ? "
                            "ORDER BY k.bytes_per_token DESC, k.kernel, k.run_id",
                            -1, &st, NULL) != SQLITE_OK)
         return kvs_fail(KVS_ERR_DB, "%s: reading kernel_summary failed: %s", ctx->db_path,
@@ -160,10 +220,16 @@ static kvs_status_e load_runs(rpt_ctx_t *ctx, rpt_trace_t *t)
         r->started_at = dup_column(st, 19);
         r->finished_at = dup_column(st, 20);
         r->threads = sqlite3_column_int64(st, 21);
+        r->mass_kept = double_column(st, 22);
+        r->recall8 = double_column(st, 23);
         if (!r->kernel || !r->family || !r->eval_mode || !r->status || !r->code_version || !r->host ||
             !r->started_at || !r->finished_at) {
             sqlite3_finalize(st);
             return kvs_fail(KVS_ERR_NOMEM, "out of memory reading runs");
+        }
+        if (label_execution(r, (const char *)sqlite3_column_text(st, 24)) != KVS_OK) {
+            sqlite3_finalize(st);
+            return KVS_ERR_NOMEM;
         }
         r->done = !strcmp(r->status, "done") && !isnan(r->output_rel_error);
     }

@@ -34,6 +34,8 @@ typedef struct rpt_run {
     char *host;
     char *started_at;
     char *finished_at;      /* "" while running */
+    char *execution;        /* "dense", "storage only" or "compressed
+                               execution", plus " + selection" */
     int64_t threads;
     int compressed_exec;
     int done;               /* status is "done" and metrics exist */
@@ -47,6 +49,8 @@ typedef struct rpt_run {
     double kl;
     double top1;
     double top8;
+    double mass_kept;          /* exact attention mass on attended positions */
+    double recall8;
     double mean_attend_seconds;
     int64_t n_units;
 } rpt_run_t;

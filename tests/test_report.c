@@ -10,6 +10,7 @@
 
 #include <dirent.h>
 #include <math.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -155,13 +156,94 @@ START_TEST(writeup_table_from_runs)
     /* Without bench rows the replay time is 1e-5 * (1 + k) per unit times
     ** 4 units: hqq:bits=4 is fixture kernel 4, so 200 us. */
     ck_assert_ptr_nonnull(strstr(table, "| hqq:bits=4 |"));
-    ck_assert_ptr_nonnull(strstr(table, "| 200.00 us (replay) |"));
+    ck_assert_ptr_nonnull(strstr(table, "| 200.00 us (replay, CPU emulation) |"));
+    /* The bench row and the replay rows share the column, so its header
+    ** names both sources. */
+    ck_assert_ptr_nonnull(strstr(table, "replay: CPU emulation time, not device time"));
+    /* 4-bit quanto on SmolLM2-135M: 180 vectors x 36 B x 2048 tokens =
+    ** 12.66 MiB; 0.913 MiB / (180 x 128 B) = 41.55 dense BF16 tokens. */
+    ck_assert_ptr_nonnull(strstr(table, "stores 12.7 MiB (36 bytes per 64-value vector)"));
+    ck_assert_ptr_nonnull(strstr(table, "about 41.6 dense BF16 tokens"));
     /* kivi is not one of the write-up's backends. */
     const char *next = strstr(table + 10, "### ");
     const char *kivi = strstr(table, "| kivi:bits=2 |");
     ck_assert(kivi == NULL || (next && kivi > next));
     free(md);
     free(out);
+}
+END_TEST
+
+/* Runs sql on the fixture database at path. */
+static void exec_sql(const char *path, const char *sql)
+{
+    sqlite3 *conn;
+    char *message = NULL;
+
+    ck_assert_int_eq(sqlite3_open(path, &conn), SQLITE_OK);
+    ck_assert_msg(sqlite3_exec(conn, sql, NULL, NULL, &message) == SQLITE_OK, "%s failed: %s", sql,
+                  message ? message : "?");
+    sqlite3_close(conn);
+}
+
+/* Returns the report.md row of the summary table that starts with prefix. */
+static const char *summary_row(const char *md, const char *prefix)
+{
+    const char *row = strstr(md, prefix);
+
+    ck_assert_msg(row != NULL, "report.md has no row starting '%s'", prefix);
+    return row;
+}
+
+START_TEST(summary_labels_from_params)
+{
+    char *dir = kvs_test_tmpdir("report_labels");
+    char db[4400], out[4400];
+
+    snprintf(db, sizeof db, "%s/r.db", dir);
+    snprintf(out, sizeof out, "%s/report", dir);
+    fx_build(db, fx_all, -1, 0);
+
+    /* params_json as replay stores it: a key and a value part, plus a
+    ** select part for a selection policy. hqq:bits=4 gets a policy over
+    ** dense codecs, whatever its family column says. kivi stores a window:
+    ** 256 x 170 B of codes plus 25,600 B, so 270 B per token at 256. */
+    exec_sql(db, "UPDATE runs SET params_json = '{\"key\":{\"codec\":\"dense\",\"dtype\":\"f32\"},"
+                 "\"value\":{\"codec\":\"dense\",\"dtype\":\"f32\"}}' WHERE kernel_spec = 'dense:dtype=f32';"
+                 "UPDATE runs SET params_json = '{\"key\":{\"codec\":\"affine\",\"exec\":\"storage\"},"
+                 "\"value\":{\"codec\":\"affine\",\"exec\":\"storage\"}}' WHERE kernel_spec = 'quanto:bits=2';"
+                 "UPDATE runs SET params_json = '{\"key\":{\"codec\":\"affine\",\"exec\":\"compressed\"},"
+                 "\"value\":{\"codec\":\"affine\",\"exec\":\"compressed\"}}', stored_bytes = 69120 "
+                 "WHERE kernel_spec = 'kivi:bits=2';"
+                 "UPDATE runs SET params_json = '{\"key\":{\"codec\":\"dense\"},\"value\":{\"codec\":\"dense\"},"
+                 "\"select\":{\"policy\":\"h2o\"}}' WHERE kernel_spec = 'hqq:bits=4';"
+                 "UPDATE runs SET params_json = '{\"key\":{\"codec\":\"affine\",\"exec\":\"storage\"},"
+                 "\"value\":{\"codec\":\"affine\",\"exec\":\"storage\"},\"select\":{\"policy\":\"snapkv\"}}' "
+                 "WHERE kernel_spec LIKE 'snapkv:%';");
+    ck_assert_msg(kvs_report_write(db, out, NULL) == KVS_OK, "report failed: %s", kvs_error_message());
+    char *md = read_text(out, "report.md");
+
+    ck_assert_ptr_nonnull(summary_row(md, "| dense:dtype=f32 (Pareto) | dense | dense | 2048.0 |"));
+    ck_assert_ptr_nonnull(summary_row(md, "| quanto:bits=2 (Pareto) | quantized | storage only | 160.0 |"));
+    ck_assert_ptr_nonnull(summary_row(md, "| kivi:bits=2 | quantized | compressed execution | 170.0 | 270.0 (256 tokens) |"));
+    ck_assert_ptr_nonnull(summary_row(md, "| hqq:bits=4 | quantized | dense + selection |"));
+    ck_assert_ptr_nonnull(summary_row(md, "| snapkv:budget=25%/quanto:bits=4 (Pareto) | selection | storage only + selection |"));
+
+    /* The fixture runs without params_json parts keep family labels: a
+    ** selection run without a select part still gets "+ selection". */
+    ck_assert_ptr_nonnull(summary_row(md, "| dense:dtype=bf16 (Pareto) | dense | dense |"));
+
+    /* quanto:bits=2 errors are 0.15 x (1 + zero-sum deviation), so the means
+    ** of mass kept (1 - e/10) and recall@8 (1 - e/3) are 0.985 and 0.950. */
+    const char *row = summary_row(md, "| quanto:bits=2 (Pareto) |");
+    const char *end = strchr(row, '\n');
+    const char *kept = strstr(row, "| 0.985 | 0.950 |");
+    ck_assert_msg(kept != NULL && kept < end, "quanto:bits=2 row lacks mass kept 0.985 and recall 0.950");
+
+    ck_assert_ptr_nonnull(strstr(md, "| mass kept | recall@8 |"));
+    ck_assert_ptr_nonnull(strstr(md, "Logit RMSE and KL cover attended positions only"));
+    ck_assert_ptr_nonnull(strstr(md, "1 - mass kept"));
+    free(md);
+    free(dir);
 }
 END_TEST
 
@@ -394,6 +476,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, report_writes_every_figure);
     tcase_add_test(tc, writeup_table_from_runs);
+    tcase_add_test(tc, summary_labels_from_params);
     tcase_add_test(tc, report_is_deterministic);
     tcase_add_test(tc, filters_select_and_reject);
     tcase_add_test(tc, missing_gnuplot_fails_cleanly);
