@@ -35,21 +35,28 @@ static int family_index(const char *family)
     return N_FAMILIES;
 }
 
-/* Distinct colours for line series (a qualitative palette); after twelve
-** series the dash pattern changes too, so no two lines look alike. */
+/* Distinct colours for line series: a qualitative palette of 20, so a
+** report of every registered kernel gives each line its own colour. */
 static const char *const series_colors[] = {
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
-    "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939",
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+    "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39",
+    "#7b4173", "#00a087", "#f0027f", "#000000", "#b8860b", "#4dac26",
 };
 #define N_SERIES_COLORS ((int)(sizeof series_colors / sizeof series_colors[0]))
 
-/* Writes the style of line series number i of a kernel of family. */
-static void write_series_style(FILE *fp, int i, const char *family)
-{
-    int f = family_index(family);
+/* gnuplot point types (filled and open circles, squares, triangles,
+** diamonds, pentagons, crosses) and dash types, cycled independently of the
+** colours so that series that share a colour still differ. */
+static const int series_points[] = {7, 5, 9, 11, 13, 15, 6, 4, 8, 10, 12, 14, 1, 2, 3};
+#define N_SERIES_POINTS ((int)(sizeof series_points / sizeof series_points[0]))
+#define N_SERIES_DASHES 4
 
+/* Writes the style of line series number i: its own colour, point type
+** and dash pattern. */
+static void write_series_style(FILE *fp, int i)
+{
     fprintf(fp, "lc rgb \"%s\" pt %d dt %d", series_colors[i % N_SERIES_COLORS],
-            f < N_FAMILIES ? family_styles[f].point_type : 3, 1 + (i / N_SERIES_COLORS) % 4);
+            series_points[i % N_SERIES_POINTS], 1 + i % N_SERIES_DASHES);
 }
 
 /* Writes `set title` with the figure's subject, the trace and, for a
@@ -382,6 +389,13 @@ static kvs_status_e query_series(rpt_ctx_t *ctx, const char *sql, int64_t run_id
     return KVS_OK;
 }
 
+/* Height of a line figure: a 560-pixel plot plus the legend below it, two
+** entries per row of about 17 pixels at a 9-point font, and the x label. */
+static int line_figure_height(int n_series)
+{
+    return 560 + 17 * ((n_series + 1) / 2) + 90;
+}
+
 /* Writes a line figure with one series per done run of trace ti: sql
 ** returns (x, y) for a run id. */
 static kvs_status_e figure_lines(rpt_ctx_t *ctx, uint32_t ti, const char *prefix, const char *sql,
@@ -442,7 +456,7 @@ static kvs_status_e figure_lines(rpt_ctx_t *ctx, uint32_t ti, const char *prefix
     if (rc != KVS_OK)
         goto done;
     fp = kvs_outfile_stream(gp);
-    rpt_gp_begin(fp, ctx, name, 1100, 700);
+    rpt_gp_begin(fp, ctx, name, 1100, line_figure_height(n_series));
     write_title(fp, t, subject);
     fprintf(fp, "    set xlabel ");
     rpt_gp_string(fp, xlabel);
@@ -457,11 +471,11 @@ static kvs_status_e figure_lines(rpt_ctx_t *ctx, uint32_t ti, const char *prefix
             step = 2;
         fprintf(fp, "    set xtics %d\n    set xrange [-0.5:%lld.5]\n", step, (long long)t->n_layers - 1);
     }
-    /* Long legends take a smaller font so the plot keeps its width. */
-    if (n_series > 8)
-        fprintf(fp, "    set key outside right top nobox font \",8\" width -12\n");
-    else
-        fprintf(fp, "    set key outside right top box\n");
+    /* The legend sits below the plot in two columns, where the longest
+    ** kernel spec has the full figure width (see line_figure_height). */
+    fprintf(fp, "    set key outside below center horizontal Left reverse maxcols 2 box font \",9\" "
+                "samplen 4 spacing 1.1\n");
+    fprintf(fp, "    set bmargin %d\n", 5 + (int)ceil(1.1 * ((n_series + 1) / 2)));
     write_key_note(fp, any_zero, zero_at);
     fprintf(fp, "    plot \\\n");
     int block = 0;
@@ -469,7 +483,7 @@ static kvs_status_e figure_lines(rpt_ctx_t *ctx, uint32_t ti, const char *prefix
         if (!lengths[i])
             continue;
         fprintf(fp, "        \"%s.dat\" index %d using 1:3 with linespoints ps 1.0 lw 1.5 ", name, block);
-        write_series_style(fp, block, t->runs[i].family);
+        write_series_style(fp, block);
         fprintf(fp, " title ");
         rpt_gp_string(fp, t->runs[i].label);
         fprintf(fp, "%s\n", ++block < n_series ? ", \\" : "");
@@ -486,7 +500,31 @@ done:
 
 /* ---- layer x head heatmaps -------------------------------------------- */
 
-static kvs_status_e figure_heatmap(rpt_ctx_t *ctx, uint32_t ti, const rpt_run_t *r, int index)
+/* Rounds v > 0 down (up when up is 1) to a 1, 2 or 5 times a power of
+** ten, so a short log colour range still has labelled tics at its ends. */
+static double round_125(double v, int up)
+{
+    static const double steps[] = {1, 2, 5, 10};
+    double decade = pow(10, floor(log10(v)));
+
+    if (up) {
+        for (int i = 0; i < 4; i++) {
+            if (steps[i] * decade >= v * (1 - 1e-9))
+                return steps[i] * decade;
+        }
+        return 10 * decade;
+    }
+    for (int i = 3; i >= 0; i--) {
+        if (steps[i] * decade <= v * (1 + 1e-9))
+            return steps[i] * decade;
+    }
+    return decade;
+}
+
+/* Writes the heatmap of run r as heatmap_TAG_INDEX, unless its error is
+** zero everywhere: then *made is 0 and nothing is written, because an
+** all-zero map carries no information the summary table lacks. */
+static kvs_status_e figure_heatmap(rpt_ctx_t *ctx, uint32_t ti, const rpt_run_t *r, int index, int *made)
 {
     const rpt_trace_t *t = &ctx->traces[ti];
     char name[64], file[96], subject[512];
@@ -511,8 +549,15 @@ static kvs_status_e figure_heatmap(rpt_ctx_t *ctx, uint32_t ti, const rpt_run_t 
         else
             any_zero = 1;
     }
+    *made = 0;
+    if (!(max_value > 0)) {
+        sqlite3_finalize(st);
+        return KVS_OK;
+    }
     double zero_at = log_floor(min_pos);
-    int log_cb = any_zero || (isfinite(min_pos) && max_value / min_pos >= 10);
+    double cb_lo = round_125(any_zero ? zero_at : min_pos, 0), cb_hi = round_125(max_value, 1);
+    if (cb_hi <= cb_lo)
+        cb_hi = round_125(cb_lo * 1.5, 1);
     sqlite3_reset(st);
 
     snprintf(file, sizeof file, "%s.dat", name);
@@ -544,23 +589,31 @@ static kvs_status_e figure_heatmap(rpt_ctx_t *ctx, uint32_t ti, const rpt_run_t 
     rpt_gp_begin(fp, ctx, name, 900, 760);
     write_title(fp, t, subject);
     fprintf(fp, "    set xlabel \"query head\"\n    set ylabel \"layer\"\n");
-    if (log_cb)
-        fprintf(fp, "    set cblabel \"output relative error (log scale)\"\n    set logscale cb\n");
-    else
-        fprintf(fp, "    set cblabel \"output relative error\"\n");
+    /* Every heatmap uses a log colour scale, so maps of different kernels
+    ** read the same way. */
+    fprintf(fp, "    set cblabel \"output relative error (log scale)\"\n    set logscale cb\n");
+    fprintf(fp, "    set cbrange [%.6g:%.6g]\n", cb_lo, cb_hi);
+    rpt_gp_log_tics(fp, "cb", cb_lo, cb_hi);
     fprintf(fp, "    set palette defined (0 \"#ffffcc\", 1 \"#fd8d3c\", 2 \"#bd0026\")\n");
     fprintf(fp, "    set xrange [-0.5:%lld.5]\n    set yrange [-0.5:%lld.5]\n", (long long)t->n_heads - 1,
             (long long)t->n_layers - 1);
     fprintf(fp, "    set xtics 1\n    set ytics %d\n    set tics out\n", t->n_layers > 16 ? 2 : 1);
-    write_key_note(fp, any_zero, zero_at);
+    if (any_zero)
+        fprintf(fp, "    set label 1 \"cells with error 0 drawn at %.1e\" at screen 0.01, screen 0.02 "
+                    "font \",8\"\n",
+                zero_at);
+    else
+        fprintf(fp, "    unset label 1\n");
     fprintf(fp, "    plot \"%s.dat\" using 2:1:4 with image notitle\n", name);
     rpt_gp_end(fp);
+    *made = 1;
     return finish_figure(ctx, ti, name, gp, subject,
                          "Output relative error of every (layer, query head), mean over evaluation steps.");
 }
 
 /* Heatmaps for the kernels named with --kernel, else for the Pareto front
-** runs, at most MAX_HEATMAPS per trace. */
+** runs, at most MAX_HEATMAPS per trace. Kernels with zero error everywhere
+** get none. */
 static kvs_status_e figure_heatmaps(rpt_ctx_t *ctx, uint32_t ti)
 {
     const rpt_trace_t *t = &ctx->traces[ti];
@@ -569,8 +622,10 @@ static kvs_status_e figure_heatmaps(rpt_ctx_t *ctx, uint32_t ti)
 
     for (uint32_t i = 0; i < t->n_runs && n < MAX_HEATMAPS; i++) {
         const rpt_run_t *r = &t->runs[i];
+        int made = 0;
         if (r->done && (filtered || r->on_front))
-            KVS_FORWARD(figure_heatmap(ctx, ti, r, n++));
+            KVS_FORWARD(figure_heatmap(ctx, ti, r, n, &made));
+        n += made;
     }
     return KVS_OK;
 }
@@ -585,10 +640,20 @@ static kvs_status_e figure_agreement(rpt_ctx_t *ctx, uint32_t ti)
     int n_done = 0;
     FILE *fp;
 
-    for (uint32_t i = 0; i < t->n_runs; i++)
+    size_t longest = 0;
+
+    for (uint32_t i = 0; i < t->n_runs; i++) {
         n_done += t->runs[i].done;
+        if (t->runs[i].done && strlen(t->runs[i].label) > longest)
+            longest = strlen(t->runs[i].label);
+    }
     if (!n_done)
         return KVS_OK;
+
+    /* Labels stand vertically under their bars, so the bottom margin
+    ** takes the longest one. Measured on pngcairo renderings, a 9-point
+    ** spec takes about 6.8 pixels per character and a margin line 15.5. */
+    int bottom_lines = 2 + (int)ceil((7.0 * (double)longest + 30) / 15.5);
 
     snprintf(name, sizeof name, "agreement_%s", t->short_hash);
     snprintf(file, sizeof file, "%s.dat", name);
@@ -607,13 +672,13 @@ static kvs_status_e figure_agreement(rpt_ctx_t *ctx, uint32_t ti)
     snprintf(file, sizeof file, "%s.gp", name);
     KVS_FORWARD(rpt_open(ctx, file, &gp));
     fp = kvs_outfile_stream(gp);
-    rpt_gp_begin(fp, ctx, name, n_done > 12 ? 300 + 70 * n_done : 1100, 700);
+    rpt_gp_begin(fp, ctx, name, n_done > 12 ? 300 + 70 * n_done : 1100, 520 + 16 * bottom_lines);
     write_title(fp, t, "Top-1 and top-8 attention agreement with exact attention");
     fprintf(fp, "    set ylabel \"agreement (fraction of evaluation steps / of top-8 positions)\"\n");
     fprintf(fp, "    set yrange [0:1.05]\n    set grid ytics lc rgb \"#dddddd\"\n");
     fprintf(fp, "    set style data histograms\n    set style histogram clustered gap 1\n");
     fprintf(fp, "    set style fill solid 0.85 border -1\n    set boxwidth 0.9\n");
-    fprintf(fp, "    set xtics rotate by -35 font \",9\"\n    set bmargin 10\n");
+    fprintf(fp, "    set xtics rotate by 90 right font \",9\"\n    set bmargin %d\n", bottom_lines);
     fprintf(fp, "    set key outside right top box\n");
     fprintf(fp, "    plot \"%s.dat\" using 2:xtic(1) title \"top-1 match rate\" lc rgb \"#3b75af\", \\\n", name);
     fprintf(fp, "         \"\" using 3 title \"top-8 overlap\" lc rgb \"#ef8636\"\n");
