@@ -81,7 +81,8 @@ START_TEST(fast_path_matches_reference)
                                  {"bits=3", "bits=3,path=ref"},
                                  {"bits=2,outliers=0.125,outlier_bits=16",
                                   "bits=2,outliers=0.125,outlier_bits=16,path=ref"},
-                                 {"bits=3,path=avx2", "bits=3,path=ref"}};
+                                 {"bits=3,path=gather", "bits=3,path=ref"},
+                                 {"bits=3,path=table", "bits=3,path=ref"}};
 
     kvs_rot_rng_init(&rng, 8);
     rt_random_normal(&rng, k, n * D, 1.0);
@@ -89,7 +90,7 @@ START_TEST(fast_path_matches_reference)
     memset(attend, 1, sizeof attend);
     for (uint32_t i = 0; i < group * n; i++)
         w[i] = (float)kvs_rot_rng_uniform(&rng) / n;
-    for (size_t v = 0; v < 4; v++) {
+    for (size_t v = 0; v < 5; v++) {
         void *a, *b;
 
         a = rt_stream(&kvs_codec_qjl, variants[v][0], &dims, k, n, 1);

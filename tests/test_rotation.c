@@ -282,6 +282,26 @@ START_TEST(accumulate_matches_reference)
         kvs_rot_code_accumulate_ref(rows, stride, n_tok, wt, n, bits, codebook, ref);
         for (uint32_t j = 0; j < n; j++)
             ck_assert_float_eq_tol(acc[j], ref[j], 1e-5f * (1.0f + fabsf(ref[j])));
+
+        /* The AVX2 path adds to acc as well; without AVX2 it declines. */
+        memset(acc, 0, sizeof acc);
+        if (kvs_rot_code_accumulate_avx2(rows, stride, n_tok, wt, n, bits, codebook, acc)) {
+            for (uint32_t j = 0; j < n; j++)
+                ck_assert_float_eq_tol(acc[j], ref[j], 1e-5f * (1.0f + fabsf(ref[j])));
+        } else {
+            ck_assert_int_eq(kvs_rot_code_dot_has_avx2(), 0);
+        }
+
+        /* AVX2 scores with the codebook in registers, against the
+        ** reference; wt stands in for the query. */
+        {
+            float got[157], want[157];
+
+            kvs_rot_code_dot_ref(rows, stride, n_tok, wt, n, bits, codebook, want);
+            if (kvs_rot_code_dot_avx2(rows, stride, n_tok, wt, n, bits, codebook, got))
+                for (uint32_t t = 0; t < n_tok; t++)
+                    ck_assert_float_eq_tol(got[t], want[t], 1e-5f * (1.0f + fabsf(want[t])));
+        }
         free(hist);
         free(rows);
     }

@@ -159,21 +159,22 @@ static void check_logits_against_decode(const char *params, int prod)
     codec->logits(st_fast, q, group, attend, n, fast);
     codec->logits(st_ref, q, group, attend, n, ref);
 
-    /* The AVX2 gather path (scalar loads without AVX2) against the same
-    ** reference. */
-    {
-        char avx_params[128];
-        float *avx = malloc((size_t)group * n * sizeof *avx);
-        void *st_avx;
+    /* The scalar table path and the AVX2 gather path (scalar loads without
+    ** AVX2) against the same reference. */
+    for (int variant = 0; variant < 2; variant++) {
+        char other_params[128];
+        float *other = malloc((size_t)group * n * sizeof *other);
+        void *st_other;
 
-        snprintf(avx_params, sizeof avx_params, "%s,path=avx2", params);
-        st_avx = rt_stream(codec, avx_params, &dims, k, n, 1);
-        codec->logits(st_avx, q, group, attend, n, avx);
+        snprintf(other_params, sizeof other_params, "%s,path=%s", params,
+                 variant ? "gather" : "table");
+        st_other = rt_stream(codec, other_params, &dims, k, n, 1);
+        codec->logits(st_other, q, group, attend, n, other);
         for (uint32_t i = 0; i < group * n; i++)
             if (attend[i % n])
-                ck_assert_float_eq_tol(avx[i], ref[i], 1e-5f * (1.0f + fabsf(ref[i])));
-        codec->destroy(st_avx);
-        free(avx);
+                ck_assert_float_eq_tol(other[i], ref[i], 1e-5f * (1.0f + fabsf(ref[i])));
+        codec->destroy(st_other);
+        free(other);
     }
 
     /* An encoder with the codec's configuration decodes the same codes. */
@@ -243,6 +244,20 @@ static void check_output_against_decode(const kvs_codec_i *codec, const char *pa
     st_ref = rt_stream(codec, ref_params, &dims, v, n, 1);
     codec->output(st, w, group, attend, n, out);
     codec->output(st_ref, w, group, attend, n, ref_out);
+
+    /* The histogram path (path=table) sums the same. */
+    {
+        char table_params[128];
+        float table_out[2 * D];
+        void *st_table;
+
+        snprintf(table_params, sizeof table_params, "%s,path=table", params);
+        st_table = rt_stream(codec, table_params, &dims, v, n, 1);
+        codec->output(st_table, w, group, attend, n, table_out);
+        for (uint32_t i = 0; i < group * D; i++)
+            ck_assert_float_eq_tol(table_out[i], ref_out[i], 1e-5f * (1.0f + fabsf(ref_out[i])));
+        codec->destroy(st_table);
+    }
 
     /* Dequantize-then-sum through the logits hook: <e_j, vhat_t> is the
     ** j-th decoded coordinate, read back one unit query at a time. */

@@ -275,6 +275,141 @@ void kvs_rot_code_accumulate(const uint8_t *codes, uint32_t stride, uint32_t n_t
     }
 }
 
+#ifdef KVS_HAVE_X86
+__attribute__((target("avx2,fma"))) static void
+code_accumulate_avx2(const uint8_t *codes, uint32_t stride, uint32_t n_tok, const float *wt,
+                     uint32_t n, unsigned bits, const float *codebook, float *acc)
+{
+    const __m256i shifts = _mm256_setr_epi32(0, (int)bits, 2 * (int)bits, 3 * (int)bits,
+                                             4 * (int)bits, 5 * (int)bits, 6 * (int)bits,
+                                             7 * (int)bits);
+    const __m256i mask = _mm256_set1_epi32((1 << bits) - 1);
+    float lo_cb[8] = {0}, hi_cb[8] = {0};
+    __m256 lo, hi, sum[32];
+    uint32_t n_blocks = n / 8;
+
+    for (uint32_t c = 0; c < (1u << bits); c++) {
+        if (c < 8)
+            lo_cb[c] = codebook[c];
+        else
+            hi_cb[c - 8] = codebook[c];
+    }
+    lo = _mm256_loadu_ps(lo_cb);
+    hi = _mm256_loadu_ps(hi_cb);
+
+    /* Blocks of up to 32 x 8 coordinates stay in registers across tokens. */
+    for (uint32_t b0 = 0; b0 < n_blocks; b0 += 32) {
+        uint32_t nb = n_blocks - b0 < 32 ? n_blocks - b0 : 32;
+
+        for (uint32_t b = 0; b < nb; b++)
+            sum[b] = _mm256_setzero_ps();
+        for (uint32_t t = 0; t < n_tok; t++) {
+            const uint8_t *row = codes + (size_t)t * stride;
+            __m256 w;
+
+            if (wt[t] == 0.0f)
+                continue;
+            w = _mm256_set1_ps(wt[t]);
+            for (uint32_t b = 0; b < nb; b++) {
+                uint32_t word;
+                __m256i idx;
+                __m256 v;
+
+                /* Eight codes of a block start on a byte: block * bits bytes. */
+                memcpy(&word, row + (size_t)(b0 + b) * bits, sizeof word);
+                idx = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)word), shifts),
+                                       mask);
+                v = _mm256_permutevar8x32_ps(lo, idx);
+                if (bits == 4)
+                    v = _mm256_blendv_ps(v, _mm256_permutevar8x32_ps(hi, idx),
+                                         _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+                sum[b] = _mm256_fmadd_ps(v, w, sum[b]);
+            }
+        }
+        for (uint32_t b = 0; b < nb; b++) {
+            float *a = acc + (size_t)(b0 + b) * 8;
+
+            _mm256_storeu_ps(a, _mm256_add_ps(_mm256_loadu_ps(a), sum[b]));
+        }
+    }
+}
+#endif
+
+#ifdef KVS_HAVE_X86
+__attribute__((target("avx2,fma"))) static void
+code_dot_avx2(const uint8_t *codes, uint32_t stride, uint32_t n_tok, const float *y, uint32_t n,
+              unsigned bits, const float *codebook, float *score)
+{
+    const __m256i shifts = _mm256_setr_epi32(0, (int)bits, 2 * (int)bits, 3 * (int)bits,
+                                             4 * (int)bits, 5 * (int)bits, 6 * (int)bits,
+                                             7 * (int)bits);
+    const __m256i mask = _mm256_set1_epi32((1 << bits) - 1);
+    float lo_cb[8] = {0}, hi_cb[8] = {0};
+    __m256 lo, hi;
+    uint32_t n_blocks = n / 8;
+
+    for (uint32_t c = 0; c < (1u << bits); c++) {
+        if (c < 8)
+            lo_cb[c] = codebook[c];
+        else
+            hi_cb[c - 8] = codebook[c];
+    }
+    lo = _mm256_loadu_ps(lo_cb);
+    hi = _mm256_loadu_ps(hi_cb);
+
+    for (uint32_t t = 0; t < n_tok; t++) {
+        const uint8_t *row = codes + (size_t)t * stride;
+        __m256 acc = _mm256_setzero_ps();
+        __m128 half;
+
+        for (uint32_t b = 0; b < n_blocks; b++) {
+            uint32_t word;
+            __m256i idx;
+            __m256 v;
+
+            memcpy(&word, row + (size_t)b * bits, sizeof word);
+            idx = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)word), shifts), mask);
+            v = _mm256_permutevar8x32_ps(lo, idx);
+            if (bits == 4)
+                v = _mm256_blendv_ps(v, _mm256_permutevar8x32_ps(hi, idx),
+                                     _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+            acc = _mm256_fmadd_ps(v, _mm256_loadu_ps(y + (size_t)b * 8), acc);
+        }
+        half = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        half = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        half = _mm_add_ss(half, _mm_movehdup_ps(half));
+        score[t] = _mm_cvtss_f32(half);
+    }
+}
+#endif
+
+int kvs_rot_code_dot_avx2(const uint8_t *codes, uint32_t stride, uint32_t n_tok, const float *y,
+                          uint32_t n, unsigned bits, const float *codebook, float *score)
+{
+#ifdef KVS_HAVE_X86
+    if (n % 8 != 0 || bits < 1 || bits > 4 || !kvs_rot_code_dot_has_avx2())
+        return 0;
+    code_dot_avx2(codes, stride, n_tok, y, n, bits, codebook, score);
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int kvs_rot_code_accumulate_avx2(const uint8_t *codes, uint32_t stride, uint32_t n_tok,
+                                 const float *wt, uint32_t n, unsigned bits,
+                                 const float *codebook, float *acc)
+{
+#ifdef KVS_HAVE_X86
+    if (n % 8 != 0 || bits < 1 || bits > 4 || !kvs_rot_code_dot_has_avx2())
+        return 0;
+    code_accumulate_avx2(codes, stride, n_tok, wt, n, bits, codebook, acc);
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 void kvs_rot_code_accumulate_ref(const uint8_t *codes, uint32_t stride, uint32_t n_tok,
                              const float *wt, uint32_t n, unsigned bits, const float *codebook,
                              float *acc)

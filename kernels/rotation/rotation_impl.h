@@ -184,6 +184,20 @@ size_t kvs_rot_code_accumulate_scratch(uint32_t n, unsigned bits);
 void kvs_rot_code_accumulate(const uint8_t *codes, uint32_t stride, uint32_t n_tok, const float *wt,
                          uint32_t n, unsigned bits, const float *codebook, float *hist,
                          float *acc);
+/* score[t] = sum_j y_j codebook[code_tj] with AVX2: eight codes at a time
+** are looked up in the codebook held in registers and multiplied with y,
+** one horizontal sum per position. Same shape rules and return value as
+** kvs_rot_code_accumulate_avx2. */
+int kvs_rot_code_dot_avx2(const uint8_t *codes, uint32_t stride, uint32_t n_tok, const float *y,
+                          uint32_t n, unsigned bits, const float *codebook, float *score);
+/* The same sum with AVX2: each position's codes are expanded eight at a
+** time against the codebook held in registers and added with one FMA per
+** eight coordinates, so no dense vector is stored. Needs n % 8 == 0, bits
+** 1..4 and 3 readable bytes after each row's codes; returns 0 without
+** touching acc when those or the CPU's AVX2 are missing. */
+int kvs_rot_code_accumulate_avx2(const uint8_t *codes, uint32_t stride, uint32_t n_tok,
+                                 const float *wt, uint32_t n, unsigned bits,
+                                 const float *codebook, float *acc);
 /* Reference: decodes each token and adds wt[t] * codebook[code] directly. */
 void kvs_rot_code_accumulate_ref(const uint8_t *codes, uint32_t stride, uint32_t n_tok,
                              const float *wt, uint32_t n, unsigned bits, const float *codebook,
@@ -238,18 +252,21 @@ typedef struct kvs_tq_config {
 typedef struct kvs_tq kvs_tq_t;
 
 /* Execution path of scoring and accumulation, in the order of the "path"
-** parameter's choices: per-query byte tables read with scalar loads; the
-** scalar reference that unpacks every code; the byte tables read with AVX2
-** gathers (scalar loads when the CPU lacks AVX2). All compute the same sums
-** in a different order. */
+** parameter's choices. fast: AVX2 with the codebook in registers when the
+** CPU has AVX2 and the shape allows it (n % 8 == 0, bits 1..4), else table.
+** ref: the scalar reference that unpacks every code. table: per-query byte
+** tables and per-codeword weight histograms, scalar. gather: the byte
+** tables read with AVX2 gathers. All compute the same sums in a different
+** order. */
 typedef enum kvs_tq_path_e {
     KVS_TQ_PATH_FAST = 0,
     KVS_TQ_PATH_REF = 1,
-    KVS_TQ_PATH_AVX2 = 2,
+    KVS_TQ_PATH_TABLE = 2,
+    KVS_TQ_PATH_GATHER = 3,
     KVS_TQ_PATH_COUNT
 } kvs_tq_path_e;
 
-#define KVS_TQ_PATH_CHOICES "fast|ref|avx2"
+#define KVS_TQ_PATH_CHOICES "fast|ref|table|gather"
 
 kvs_status_e kvs_tq_check(const kvs_tq_config_t *cfg, const char *codec);
 kvs_status_e kvs_tq_create(const kvs_tq_config_t *cfg, kvs_tq_t **out);

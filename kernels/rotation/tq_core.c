@@ -293,13 +293,35 @@ static int reserve_scratch(kvs_tq_t *tq, uint32_t n_tok)
     return 1;
 }
 
-static void lut_dot(const kvs_rot_code_lut_t *lut, const uint8_t *codes, uint32_t stride,
-                    uint32_t n_tok, float *score, kvs_tq_path_e path)
+/* sum_j y_j codebook[code_tj] for every stored vector, by the path's
+** method (see kvs_tq_path_e). lut is built here when the path uses it. */
+static void code_scores(kvs_tq_t *tq, const uint8_t *codes, uint32_t n_tok, const float *y,
+                        uint32_t n, unsigned bits, const float *codebook, kvs_rot_code_lut_t *lut,
+                        float *score, kvs_tq_path_e path)
 {
-    if (path == KVS_TQ_PATH_AVX2)
-        kvs_rot_code_dot_lut(lut, codes, stride, n_tok, score);
-    else
-        kvs_rot_code_dot_lut_scalar(lut, codes, stride, n_tok, score);
+    uint32_t stride = tq->row_bytes;
+    uint32_t levels = 1u << bits;
+
+    if (path == KVS_TQ_PATH_REF) {
+        kvs_rot_code_dot_ref(codes, stride, n_tok, y, n, bits, codebook, score);
+        return;
+    }
+    if (path == KVS_TQ_PATH_FAST &&
+        kvs_rot_code_dot_avx2(codes, stride, n_tok, y, n, bits, codebook, score))
+        return;
+    if (lut->table) {
+        kvs_rot_code_lut_build(lut, y, n, bits, codebook);
+        if (path == KVS_TQ_PATH_GATHER)
+            kvs_rot_code_dot_lut(lut, codes, stride, n_tok, score);
+        else
+            kvs_rot_code_dot_lut_scalar(lut, codes, stride, n_tok, score);
+        return;
+    }
+    /* Widths whose codes cross bytes: per-coordinate table. */
+    for (uint32_t j = 0; j < n; j++)
+        for (uint32_t c = 0; c < levels; c++)
+            tq->coord_table[(size_t)j * levels + c] = y[j] * codebook[c];
+    kvs_rot_code_dot_table(codes, stride, n_tok, tq->coord_table, n, bits, score);
 }
 
 void kvs_tq_scores(kvs_tq_t *tq, const float *q, uint32_t n_tok, float *score,
@@ -325,32 +347,12 @@ void kvs_tq_scores(kvs_tq_t *tq, const float *q, uint32_t n_tok, float *score,
     if (cfg->m)
         kvs_rot_sketch_apply(tq->sketch, tq->qrot, tq->qsk);
 
-    if (cfg->mse_bits) {
-        uint32_t levels = 1u << cfg->mse_bits;
-
-        if (path != KVS_TQ_PATH_REF && tq->lut_codes.table) {
-            kvs_rot_code_lut_build(&tq->lut_codes, tq->qrot, cfg->n, cfg->mse_bits, tq->codebook);
-            lut_dot(&tq->lut_codes, base, stride, n_tok, tq->part_a, path);
-        } else if (path != KVS_TQ_PATH_REF && tq->coord_table) {
-            for (uint32_t j = 0; j < cfg->n; j++)
-                for (uint32_t c = 0; c < levels; c++)
-                    tq->coord_table[(size_t)j * levels + c] = tq->qrot[j] * tq->codebook[c];
-            kvs_rot_code_dot_table(base, stride, n_tok, tq->coord_table, cfg->n, cfg->mse_bits,
-                                   tq->part_a);
-        } else {
-            kvs_rot_code_dot_ref(base, stride, n_tok, tq->qrot, cfg->n, cfg->mse_bits, tq->codebook,
-                             tq->part_a);
-        }
-    }
-    if (cfg->m) {
-        if (path != KVS_TQ_PATH_REF) {
-            kvs_rot_code_lut_build(&tq->lut_signs, tq->qsk, cfg->m, 1, kvs_rot_sign_codebook);
-            lut_dot(&tq->lut_signs, base + tq->code_bytes, stride, n_tok, tq->part_b, path);
-        } else {
-            kvs_rot_code_dot_ref(base + tq->code_bytes, stride, n_tok, tq->qsk, cfg->m, 1,
-                             kvs_rot_sign_codebook, tq->part_b);
-        }
-    }
+    if (cfg->mse_bits)
+        code_scores(tq, base, n_tok, tq->qrot, cfg->n, cfg->mse_bits, tq->codebook,
+                    &tq->lut_codes, tq->part_a, path);
+    if (cfg->m)
+        code_scores(tq, base + tq->code_bytes, n_tok, tq->qsk, cfg->m, 1, kvs_rot_sign_codebook,
+                    &tq->lut_signs, tq->part_b, path);
 
     for (uint32_t t = 0; t < n_tok; t++) {
         const uint8_t *row = base + (size_t)t * stride;
@@ -363,6 +365,23 @@ void kvs_tq_scores(kvs_tq_t *tq, const float *q, uint32_t n_tok, float *score,
         }
         score[t] = load_f16(row + tq->norm_offset) * s;
     }
+}
+
+/* Weighted codeword sums by the path's method: AVX2 with the codebook in
+** registers (fast, when possible), per-codeword weight histograms (table,
+** gather, and fast otherwise), or the scalar reference. */
+static void accumulate_codes(const uint8_t *codes, uint32_t stride, uint32_t n_tok,
+                             const float *wt, uint32_t n, unsigned bits, const float *codebook,
+                             float *hist, float *acc, kvs_tq_path_e path)
+{
+    if (path == KVS_TQ_PATH_REF) {
+        kvs_rot_code_accumulate_ref(codes, stride, n_tok, wt, n, bits, codebook, acc);
+        return;
+    }
+    if (path == KVS_TQ_PATH_FAST &&
+        kvs_rot_code_accumulate_avx2(codes, stride, n_tok, wt, n, bits, codebook, acc))
+        return;
+    kvs_rot_code_accumulate(codes, stride, n_tok, wt, n, bits, codebook, hist, acc);
 }
 
 void kvs_tq_accumulate(kvs_tq_t *tq, const float *w, uint32_t n_tok, float *out,
@@ -388,12 +407,8 @@ void kvs_tq_accumulate(kvs_tq_t *tq, const float *w, uint32_t n_tok, float *out,
         for (uint32_t t = 0; t < n_tok; t++)
             tq->weights[t] = w[t] == 0.0f ? 0.0f : w[t] * load_f16(base + (size_t)t * stride +
                                                                    tq->norm_offset);
-        if (path != KVS_TQ_PATH_REF)
-            kvs_rot_code_accumulate(base, stride, n_tok, tq->weights, n, cfg->mse_bits,
-                                tq->codebook, tq->hist, tq->yhat);
-        else
-            kvs_rot_code_accumulate_ref(base, stride, n_tok, tq->weights, n, cfg->mse_bits,
-                                    tq->codebook, tq->yhat);
+        accumulate_codes(base, stride, n_tok, tq->weights, n, cfg->mse_bits, tq->codebook,
+                         tq->hist, tq->yhat, path);
     }
 
     /* Sketch part: signed sums of weight * norm * |r| per sketch row, then
@@ -406,12 +421,8 @@ void kvs_tq_accumulate(kvs_tq_t *tq, const float *w, uint32_t n_tok, float *out,
 
             tq->weights[t] = w[t] == 0.0f ? 0.0f : w[t] * load_f16(row + tq->norm_offset) * gamma;
         }
-        if (path != KVS_TQ_PATH_REF)
-            kvs_rot_code_accumulate(base + tq->code_bytes, stride, n_tok, tq->weights, cfg->m, 1,
-                                kvs_rot_sign_codebook, tq->hist, tq->qsk);
-        else
-            kvs_rot_code_accumulate_ref(base + tq->code_bytes, stride, n_tok, tq->weights, cfg->m, 1,
-                                    kvs_rot_sign_codebook, tq->qsk);
+        accumulate_codes(base + tq->code_bytes, stride, n_tok, tq->weights, cfg->m, 1,
+                         kvs_rot_sign_codebook, tq->hist, tq->qsk, path);
         kvs_rot_sketch_apply_t_add(tq->sketch, tq->qsk, tq->sketch_scale, tq->yhat);
     }
 

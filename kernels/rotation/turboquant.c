@@ -43,7 +43,8 @@ typedef struct tq_codec {
 
 #define TQ_PATH_PARAM                                                                          \
     {"path", KVS_PARAM_ENUM, "fast", 0, 0, KVS_TQ_PATH_CHOICES,                                \
-     "execution path: byte tables, the scalar reference, or byte tables with AVX2 gathers"}
+     "execution path: best available (AVX2 when present), scalar reference, scalar "         \
+     "tables, or tables read with AVX2 gathers"}
 
 static const kvs_param_doc_t tq_mse_params[] = {
     {"bits", KVS_PARAM_INT, "3", 1, 4, NULL, "codebook bits per coordinate"},
