@@ -521,10 +521,10 @@ static double round_125(double v, int up)
     return decade;
 }
 
-/* Writes the heatmap of run r as heatmap_TAG_INDEX, unless its error is
-** zero everywhere: then *made is 0 and nothing is written, because an
-** all-zero map carries no information the summary table lacks. */
-static kvs_status_e figure_heatmap(rpt_ctx_t *ctx, uint32_t ti, const rpt_run_t *r, int index, int *made)
+/* Writes the heatmap of run r as heatmap_TAG_INDEX and sets *written to 1.
+** When the error is zero everywhere, it writes nothing and sets *written to
+** 0, because an all-zero map shows nothing the summary table lacks. */
+static kvs_status_e figure_heatmap(rpt_ctx_t *ctx, uint32_t ti, const rpt_run_t *r, int index, int *written)
 {
     const rpt_trace_t *t = &ctx->traces[ti];
     char name[64], file[96], subject[512];
@@ -549,7 +549,7 @@ static kvs_status_e figure_heatmap(rpt_ctx_t *ctx, uint32_t ti, const rpt_run_t 
         else
             any_zero = 1;
     }
-    *made = 0;
+    *written = 0;
     if (!(max_value > 0)) {
         sqlite3_finalize(st);
         return KVS_OK;
@@ -606,7 +606,7 @@ static kvs_status_e figure_heatmap(rpt_ctx_t *ctx, uint32_t ti, const rpt_run_t 
         fprintf(fp, "    unset label 1\n");
     fprintf(fp, "    plot \"%s.dat\" using 2:1:4 with image notitle\n", name);
     rpt_gp_end(fp);
-    *made = 1;
+    *written = 1;
     return finish_figure(ctx, ti, name, gp, subject,
                          "Output relative error of every (layer, query head), mean over evaluation steps.");
 }
@@ -622,10 +622,10 @@ static kvs_status_e figure_heatmaps(rpt_ctx_t *ctx, uint32_t ti)
 
     for (uint32_t i = 0; i < t->n_runs && n < MAX_HEATMAPS; i++) {
         const rpt_run_t *r = &t->runs[i];
-        int made = 0;
+        int written = 0;
         if (r->done && (filtered || r->on_front))
-            KVS_FORWARD(figure_heatmap(ctx, ti, r, n, &made));
-        n += made;
+            KVS_FORWARD(figure_heatmap(ctx, ti, r, n, &written));
+        n += written;
     }
     return KVS_OK;
 }

@@ -247,6 +247,66 @@ START_TEST(summary_labels_from_params)
 }
 END_TEST
 
+START_TEST(figure_styles_and_heatmaps)
+{
+    char *dir = kvs_test_tmpdir("report_styles");
+    char db[4000], out[4000];
+    const char *kernels[] = {"dense:dtype=f32", "quanto:bits=4", "quanto:bits=2"};
+    kvs_report_opts_t opts = {.kernels = kernels, .n_kernels = 3};
+
+    snprintf(db, sizeof db, "%s/r.db", dir);
+    snprintf(out, sizeof out, "%s/report", dir);
+    fx_build(db, fx_all, -1, 0);
+
+    /* dense f32 exact everywhere, and one zero cell in quanto:bits=2. */
+    exec_sql(db, "UPDATE metrics SET out_rel_l2 = 0 WHERE run_id = (SELECT id FROM runs WHERE kernel_spec = "
+                 "'dense:dtype=f32');"
+                 "UPDATE metrics SET out_rel_l2 = 0 WHERE layer = 0 AND head = 0 AND run_id = (SELECT id FROM runs "
+                 "WHERE kernel_spec = 'quanto:bits=2');");
+    ck_assert_msg(kvs_report_write(db, out, &opts) == KVS_OK, "report failed: %s", kvs_error_message());
+
+    /* The all-zero kernel gets no heatmap, so the two maps are quanto's. */
+    char *map0 = read_text(out, "heatmap_a1b2c3d4_0.dat");
+    char *map1 = read_text(out, "heatmap_a1b2c3d4_1.dat");
+    ck_assert_msg(strncmp(map0, "# quanto:bits=4\n", 16) == 0, "first heatmap is of %.30s", map0);
+    ck_assert_msg(strncmp(map1, "# quanto:bits=2\n", 16) == 0, "second heatmap is of %.30s", map1);
+    ck_assert_uint_eq(file_size(out, "heatmap_a1b2c3d4_2.png"), 0);
+    free(map0);
+    free(map1);
+
+    /* Both maps use a log colour scale with explicit tics, and the one with
+    ** a zero cell labels the value that cell is drawn at. */
+    char *gp0 = read_text(out, "heatmap_a1b2c3d4_0.gp");
+    char *gp1 = read_text(out, "heatmap_a1b2c3d4_1.gp");
+    ck_assert_ptr_nonnull(strstr(gp0, "set logscale cb"));
+    ck_assert_ptr_nonnull(strstr(gp1, "set logscale cb"));
+    ck_assert_ptr_nonnull(strstr(gp0, "set cbtics ("));
+    ck_assert_ptr_null(strstr(gp0, "error 0 drawn"));
+    ck_assert_ptr_nonnull(strstr(gp1, "cells with error 0 drawn at"));
+    free(gp0);
+    free(gp1);
+
+    /* Every line series has its own colour. */
+    char *lines = read_text(out, "layer_error_a1b2c3d4.gp");
+    char seen[16][16];
+    int n_seen = 0;
+    const char *plot = strstr(lines, "plot \\");
+    ck_assert_ptr_nonnull(plot);
+    for (const char *p = strstr(plot, "lc rgb \""); p; p = strstr(p + 1, "lc rgb \"")) {
+        char color[16] = {0};
+        memcpy(color, p + 8, 7);
+        for (int i = 0; i < n_seen; i++)
+            ck_assert_msg(strcmp(seen[i], color) != 0, "two series share colour %s", color);
+        ck_assert_int_lt(n_seen, 16);
+        strcpy(seen[n_seen++], color);
+    }
+    ck_assert_int_eq(n_seen, 3);
+    ck_assert_ptr_nonnull(strstr(lines, "set key outside below"));
+    free(lines);
+    free(dir);
+}
+END_TEST
+
 /* Compares every file of two folders byte for byte. */
 static void assert_same_folders(const char *a, const char *b)
 {
@@ -477,6 +537,7 @@ int main(void)
     tcase_add_test(tc, report_writes_every_figure);
     tcase_add_test(tc, writeup_table_from_runs);
     tcase_add_test(tc, summary_labels_from_params);
+    tcase_add_test(tc, figure_styles_and_heatmaps);
     tcase_add_test(tc, report_is_deterministic);
     tcase_add_test(tc, filters_select_and_reject);
     tcase_add_test(tc, missing_gnuplot_fails_cleanly);
