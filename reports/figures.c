@@ -907,7 +907,9 @@ static kvs_status_e figure_timing(rpt_ctx_t *ctx, uint32_t ti)
     }
     if (rc == KVS_OK) {
         int cols = n_dev > 4 ? 3 : 2;
-        int rows_n = (int)((n_dev + (uint32_t)cols - 1) / (uint32_t)cols);
+        /* One panel per device plus one for the shared legend, which would
+        ** cover the data inside a panel of a third of the width. */
+        int rows_n = (int)((n_dev + 1 + (uint32_t)cols - 1) / (uint32_t)cols);
         fp = kvs_outfile_stream(gp);
         rpt_gp_begin(fp, ctx, proj, 1300, 420 * rows_n + 120);
         char title[1024];
@@ -921,7 +923,7 @@ static kvs_status_e figure_timing(rpt_ctx_t *ctx, uint32_t ti)
         fprintf(fp, "    set xrange [%.6g:%.6g]\n", min_context / 1.3, max_context * 1.3);
         rpt_gp_log_tics(fp, "x", min_context / 1.3, max_context * 1.3);
         fprintf(fp, "    set xlabel \"context length (tokens)\"\n    set ylabel \"seconds per step (estimate)\"\n");
-        fprintf(fp, "    set key bottom right font \",8\"\n");
+        fprintf(fp, "    unset key\n");
         for (uint32_t d = 0; d < n_dev; d++) {
             fprintf(fp, "    set title ");
             rpt_gp_string(fp, kvs_costmodel_device(ctx->devices, d)->name);
@@ -937,6 +939,22 @@ static kvs_status_e figure_timing(rpt_ctx_t *ctx, uint32_t ti)
                 rpt_gp_string(fp, label);
                 fprintf(fp, "%s\n", ++block < n_series ? ", \\" : "");
             }
+        }
+
+        /* The legend panel plots a constant above its y range, so only the
+        ** key is drawn. */
+        fprintf(fp, "    unset title\n    unset xlabel\n    unset ylabel\n    unset border\n    unset tics\n"
+                    "    unset grid\n    unset logscale\n    set xrange [0:1]\n    set yrange [0:1]\n"
+                    "    set key center center Left reverse font \",8\"\n    plot \\\n");
+        int block = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (i && same_series(&rows[i], &rows[i - 1]))
+                continue;
+            series_label(label, sizeof label, &rows[i]);
+            fprintf(fp, "        2 with linespoints pt 7 ps 0.6 lc rgb \"%s\" dt %d title ",
+                    series_colors[block % N_SERIES_COLORS], timing_dash(&rows[i]));
+            rpt_gp_string(fp, label);
+            fprintf(fp, "%s\n", ++block < n_series ? ", \\" : "");
         }
         fprintf(fp, "    unset multiplot\n");
         rpt_gp_end(fp);

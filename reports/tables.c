@@ -261,7 +261,7 @@ static kvs_status_e writeup_table(rpt_ctx_t *ctx, const rpt_trace_t *t, rpt_tabl
         KVS_FORWARD(table_add(tb, row));
     }
     if (any_replay)
-        tb->headers[2] = any_bench ? "step time (bench: measured; replay: CPU emulation time, not device time)"
+        tb->headers[2] = any_bench ? "step time (bench: kvsim bench on this host; replay: CPU emulation time, not device time)"
                                    : "step time (CPU emulation time, not device time)";
     return writeup_note(tb, any_replay);
 }
