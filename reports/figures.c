@@ -145,12 +145,12 @@ static int crosses_front(const label_box_t *box, const rpt_trace_t *t, const dou
 }
 
 /* Places each run's label beside its marker, to the right or left and up to
-** three lines up or down, at the first spot that covers no marker, no
+** six lines up or down, at the first spot that covers no marker, no
 ** label placed before and no part of the front line. Writes one `set label`
 ** per run. */
 static void write_point_labels(FILE *fp, const rpt_trace_t *t, const double *u, const double *v)
 {
-    static const int shifts[] = {0, 1, -1, 2, -2, 3, -3};
+    static const int shifts[] = {0, 1, -1, 2, -2, 3, -3, 4, -4, 5, -5, 6, -6};
     double char_u = LABEL_CHAR_PX / AREA_WIDTH_PX, line_v = LABEL_LINE_PX / AREA_HEIGHT_PX;
     double mark_u = MARKER_PX / AREA_WIDTH_PX, mark_v = MARKER_PX / AREA_HEIGHT_PX;
     label_box_t *placed = calloc(t->n_runs ? t->n_runs : 1, sizeof *placed);
