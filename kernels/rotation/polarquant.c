@@ -19,9 +19,10 @@
 ** Keys: the query is rotated once, then a table per level-1 pair gives
 ** q_2i cos(theta) + q_2i+1 sin(theta) per code, and each level above
 ** combines two children with the cosine and sine of its angle code, up to
-** the radius. No key is reconstructed. Values: each token's block is
-** expanded down the tree into the rotated-basis sum, then one inverse
-** rotation per step.
+** the radius. No key is reconstructed. Values: the angles do not separate
+** per coordinate, so each position is expanded down the tree once per step
+** in the rotated basis and added with every query's weight, then one
+** inverse rotation per query follows.
 */
 #include "rotation_impl.h"
 
@@ -48,6 +49,8 @@ typedef struct polar_codec {
 
     kvs_rot_rows_t rows;
     float *y, *x;        /* (d) */
+    float *acc;          /* (acc_group, d) rotated-basis output sums */
+    uint32_t acc_group;
     float *table;        /* (d/2, 2^bits[1]) level-1 tables of one query */
     float *score;        /* (cap) */
     uint32_t cap;
@@ -139,6 +142,7 @@ static void polar_destroy(void *state)
     free(c->x);
     free(c->table);
     free(c->score);
+    free(c->acc);
     free(c);
 }
 
@@ -202,12 +206,15 @@ static void put_bits(uint8_t *row, uint32_t *pos, uint32_t value, unsigned bits)
             row[*pos >> 3] |= (uint8_t)(1u << (*pos & 7));
 }
 
+/* Reads `bits` bits at *pos with one 16-bit window: a shift of at most 7
+** plus at most 8 bits fits. The second byte may lie past the codes, in the
+** radii or the row padding. */
 static uint32_t get_bits(const uint8_t *row, uint32_t *pos, unsigned bits)
 {
-    uint32_t value = 0;
+    uint32_t window = row[*pos >> 3] | ((uint32_t)row[(*pos >> 3) + 1] << 8);
+    uint32_t value = (window >> (*pos & 7)) & ((1u << bits) - 1);
 
-    for (unsigned b = 0; b < bits; b++, (*pos)++)
-        value |= (uint32_t)((row[*pos >> 3] >> (*pos & 7)) & 1u) << b;
+    *pos += bits;
     return value;
 }
 
@@ -422,27 +429,54 @@ static void polar_output(void *state, const float *w, uint32_t group, const uint
 {
     polar_codec_t *c = state;
     uint32_t codes[POLAR_MAX_BLOCK];
+    uint32_t d = c->d;
 
     if (n > c->rows.n)
         n = c->rows.n;
-    for (uint32_t g = 0; g < group; g++) {
-        const float *wg = w + (size_t)g * n;
+    if (group > c->acc_group) {
+        float *grown = realloc(c->acc, (size_t)group * d * sizeof *grown);
 
-        memset(c->y, 0, c->d * sizeof *c->y);
-        for (uint32_t t = 0; t < n; t++) {
-            const uint8_t *row = c->rows.data + (size_t)t * c->row_bytes;
-            uint32_t pos = 0;
-
-            if (!attend[t] || wg[t] == 0.0f)
-                continue;
-            for (uint32_t b = 0; b < c->n_blocks; b++) {
-                read_block_codes(c, row, &pos, codes);
-                expand_block(c, codes, wg[t] * block_radius(c, row, b), c->y + b * c->block);
-            }
+        if (!grown) {
+            for (uint32_t i = 0; i < group * d; i++)
+                out[i] = NAN; /* NOTE: out of memory in a void hook shows up as NaN */
+            return;
         }
-        /* One inverse rotation per query and step. */
-        kvs_rotation_apply_t(c->rot, c->y, out + (size_t)g * c->d);
+        c->acc = grown;
+        c->acc_group = group;
     }
+    memset(c->acc, 0, (size_t)group * d * sizeof *c->acc);
+
+    /* Each position is expanded once in the rotated basis, then added with
+    ** every query's weight. */
+    for (uint32_t t = 0; t < n; t++) {
+        const uint8_t *row = c->rows.data + (size_t)t * c->row_bytes;
+        uint32_t pos = 0, any = 0;
+
+        if (!attend[t])
+            continue;
+        for (uint32_t g = 0; g < group; g++)
+            any |= w[(size_t)g * n + t] != 0.0f;
+        if (!any)
+            continue;
+        memset(c->x, 0, d * sizeof *c->x);
+        for (uint32_t b = 0; b < c->n_blocks; b++) {
+            read_block_codes(c, row, &pos, codes);
+            expand_block(c, codes, block_radius(c, row, b), c->x + b * c->block);
+        }
+        for (uint32_t g = 0; g < group; g++) {
+            float wt = w[(size_t)g * n + t];
+            float *a = c->acc + (size_t)g * d;
+
+            if (wt == 0.0f)
+                continue;
+            for (uint32_t j = 0; j < d; j++)
+                a[j] += wt * c->x[j];
+        }
+    }
+
+    /* One inverse rotation per query and step. */
+    for (uint32_t g = 0; g < group; g++)
+        kvs_rotation_apply_t(c->rot, c->acc + (size_t)g * d, out + (size_t)g * d);
 }
 
 static uint64_t polar_shared_bytes(const kvs_params_t *p, uint32_t d)
