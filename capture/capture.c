@@ -357,6 +357,7 @@ kvs_status_e kvs_capture_run(const kvs_capture_opts_t *opts, kvs_capture_result_
     if (result)
         memset(result, 0, sizeof *result);
     KVS_FORWARD(check_opts(opts));
+    KVS_FORWARD(kvs_pool_check_env());
     kvs_status_e rc = run(opts, &s, result);
     state_free(&s);
     return rc;

@@ -197,6 +197,19 @@ void kvs_pool_run(kvs_pool_t *p, kvs_pool_fn fn, void *ctx)
     }
 }
 
+kvs_status_e kvs_pool_check_env(void)
+{
+    const char *env = getenv("KVSIM_THREADS");
+    char *end;
+
+    if (!env || !*env)
+        return KVS_OK;
+    long n = strtol(env, &end, 10);
+    KVS_RETURN_IF(*end || n < 1 || n > 256, KVS_ERR_USAGE,
+                  "KVSIM_THREADS=%s is not a thread count; set it to 1..256 or unset it", env);
+    return KVS_OK;
+}
+
 uint32_t kvs_pool_default_threads(void)
 {
     const char *env = getenv("KVSIM_THREADS");

@@ -35,4 +35,8 @@ void kvs_pool_run(kvs_pool_t *p, kvs_pool_fn fn, void *ctx);
 ** online CPU count capped at 8. */
 uint32_t kvs_pool_default_threads(void);
 
+/* Fails with KVS_ERR_USAGE when KVSIM_THREADS is set but is not a count
+** from 1 to 256, which kvs_pool_default_threads would otherwise ignore. */
+kvs_status_e kvs_pool_check_env(void);
+
 #endif

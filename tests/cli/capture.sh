@@ -87,4 +87,6 @@ expect 2 "unknown option" model synth --shape smollm2-135m -o "$tmp/syn" --bogus
 expect 2 "--shape" model synth -o "$tmp/syn"
 expect 2 "unknown subcommand" model frobnicate
 "$KVSIM" model synth --help | grep -q "usage: kvsim model synth" || fail "model synth --help"
+KVSIM_THREADS=abc expect 2 "KVSIM_THREADS=abc" capture --model "$model" --prompt-ids 1 --max-new-tokens 2 -o "$bad"
+KVSIM_THREADS=0 expect 2 "KVSIM_THREADS=0" capture --model "$model" --prompt-ids 1 --max-new-tokens 2 -o "$bad"
 echo "capture.sh: ok"
