@@ -472,6 +472,11 @@ static void codec_cost(const kvs_codec_i *codec, const kvs_params_t *params,
     cost_add(out, &c);
 }
 
+int kvs_kernel_spec_observes(const kvs_kernel_spec_t *spec)
+{
+    return spec->policy && spec->policy->observe;
+}
+
 kvs_status_e kvs_kernel_spec_cost(const kvs_kernel_spec_t *spec, const kvs_kernel_dims_t *dims,
                                   uint64_t n_context, kvs_kernel_cost_t *out)
 {

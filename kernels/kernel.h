@@ -86,6 +86,11 @@ const char *kvs_kernel_spec_family(const kvs_kernel_spec_t *spec);
 ** dequantizes everything first (storage-only) or is dense. */
 int kvs_kernel_spec_compressed_exec(const kvs_kernel_spec_t *spec);
 
+/* 1 when the kernel's selection policy learns from each step's attention
+** weights (H2O's scores, TOVA's evictions), so that a faithful replay must
+** attend at every decode position, evaluated or not. */
+int kvs_kernel_spec_observes(const kvs_kernel_spec_t *spec);
+
 /* Checks the spec against stream shapes: codec and policy constraints that
 ** depend on them (a group size must divide head_dim, ...). create and cost
 ** run the same check; the replayer can call it up front for every trace. */

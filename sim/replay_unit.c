@@ -164,6 +164,28 @@ static kvs_status_e score_position(stream_kernel_t *sk, unit_data_t *u, uint32_t
     return KVS_OK;
 }
 
+/* Attends, without scoring, the kernels whose policy learns from every
+** decode step, at a decode position the evaluation plan skips. */
+static kvs_status_e observe_position(const kvs_replay_trace_t *rt, stream_kernel_t *sks,
+                                     uint32_t n_kernels, unit_data_t *u, uint32_t t)
+{
+    uint32_t group = rt->shape.n_heads / rt->shape.n_kv_heads, d = rt->shape.head_dim;
+    kvs_attend_out_t out = {u->logits, u->weights, u->out};
+
+    if (t < rt->n_prompt)
+        return KVS_OK;
+    for (uint32_t i = 0; i < n_kernels; i++) {
+        if (!kvs_kernel_spec_observes(sks[i].spec))
+            continue;
+        kvs_status_e rc = kvs_kernel_attend(sks[i].kernel, u->qg + (size_t)t * group * d, &out);
+        if (rc != KVS_OK) {
+            kvs_error_prefix("kernel '%s'", kvs_kernel_spec_text(sks[i].spec));
+            return rc;
+        }
+    }
+    return KVS_OK;
+}
+
 static kvs_status_e run_stream(const kvs_replay_trace_t *rt, stream_kernel_t *sks, uint32_t n_kernels,
                                kvs_kernel_t *reference, const uint8_t *eval_mask, unit_data_t *u)
 {
@@ -184,8 +206,10 @@ static kvs_status_e run_stream(const kvs_replay_trace_t *rt, stream_kernel_t *sk
                 return rc;
             }
         }
-        if (!eval_mask[t])
+        if (!eval_mask[t]) {
+            KVS_FORWARD(observe_position(rt, sks, n_kernels, u, t));
             continue;
+        }
 
         kvs_attend_out_t exact = {u->ex_logits, u->ex_weights, u->ex_out};
         KVS_FORWARD(kvs_kernel_attend(reference, u->qg + (size_t)t * group * d, &exact));

@@ -230,6 +230,53 @@ START_TEST(reference_matches_double_precision)
 }
 END_TEST
 
+/* H2O and TOVA learn from every decode step's weights. Evaluating only the
+** last bucket of positions must leave their state, and so that bucket's
+** figures, exactly as evaluating every decode position does. */
+START_TEST(observing_policies_see_every_step)
+{
+    const char *texts[] = {"h2o:budget=25%", "tova:budget=25%"};
+    kvs_replay_trace_t rt = {.path = trace_path};
+    kvs_kernel_spec_t *specs[2];
+    kvs_unit_result_t all[2], last[2];
+
+    ck_assert_int_eq(kvs_trace_open(trace_path, &rt.trace), KVS_OK);
+    rt.shape = *kvs_trace_get_shape(rt.trace);
+    rt.n_tokens = kvs_trace_n_tokens(rt.trace);
+    rt.n_prompt = 64;
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(kvs_kernel_spec_parse(texts[i], &specs[i]), KVS_OK);
+        ck_assert(kvs_kernel_spec_observes(specs[i]));
+    }
+
+    uint8_t *every = calloc(rt.n_tokens, 1), *tail = calloc(rt.n_tokens, 1);
+    uint32_t last_bucket = (rt.n_tokens - 1) / KVS_POS_BUCKET;
+    for (uint32_t t = rt.n_prompt; t < rt.n_tokens; t++) {
+        every[t] = 1;
+        tail[t] = t / KVS_POS_BUCKET == last_bucket;
+    }
+    ck_assert_int_eq(kvs_replay_stream(&rt, (const kvs_kernel_spec_t *const *)specs, 2, 0, 3, 1, every,
+                                       all), KVS_OK);
+    ck_assert_int_eq(kvs_replay_stream(&rt, (const kvs_kernel_spec_t *const *)specs, 2, 0, 3, 1, tail,
+                                       last), KVS_OK);
+    for (int i = 0; i < 2; i++) {
+        for (uint32_t g = 0; g < all[i].group; g++) {
+            const kvs_db_head_row_t *a = &all[i].rows[g], *b = &last[i].rows[g];
+            ck_assert_uint_eq(a->n_buckets, last_bucket + 1);
+            ck_assert_uint_eq(a->bucket_steps[last_bucket], b->bucket_steps[last_bucket]);
+            ck_assert_double_eq(a->bucket_out_rel_l2[last_bucket], b->bucket_out_rel_l2[last_bucket]);
+            ck_assert_double_gt(a->bucket_out_rel_l2[last_bucket], 0);
+        }
+        kvs_unit_result_free(&all[i]);
+        kvs_unit_result_free(&last[i]);
+        kvs_kernel_spec_free(specs[i]);
+    }
+    free(every);
+    free(tail);
+    kvs_trace_close(rt.trace);
+}
+END_TEST
+
 /* Evaluation plans select the positions their names say. */
 START_TEST(eval_positions_follow_mode)
 {
@@ -288,6 +335,7 @@ int main(void)
     tcase_add_test(tc, threads_shards_and_resume_agree);
     tcase_add_test(tc, reference_matches_double_precision);
     tcase_add_test(tc, eval_positions_follow_mode);
+    tcase_add_test(tc, observing_policies_see_every_step);
     tcase_add_test(tc, bad_inputs_are_rejected_before_work);
     suite_add_tcase(s, tc);
     return kvs_test_run(s);
