@@ -11,52 +11,11 @@
 #define KVS_X86 1
 #endif
 
-float kvs_bf16_to_float(uint16_t h)
-{
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-float kvs_f16_to_float(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exp = (h >> 10) & 0x1f;
-    uint32_t mant = h & 0x3ff;
-    uint32_t bits;
-    float f;
-
-    if (exp == 0x1f) {
-        bits = sign | 0x7f800000u | (mant << 13);
-    } else if (exp == 0) {
-        /* Zero or subnormal: mant * 2^-24 is exact in F32. */
-        f = ldexpf((float)mant, -24);
-        return sign ? -f : f;
-    } else {
-        bits = sign | ((exp + 112) << 23) | (mant << 13);
-    }
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-uint16_t kvs_float_to_bf16(float f)
-{
-    uint32_t bits;
-
-    memcpy(&bits, &f, sizeof bits);
-    if ((bits & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((bits >> 16) | 0x40);
-    bits += 0x7fffu + ((bits >> 16) & 1);
-    return (uint16_t)(bits >> 16);
-}
-
 static float load_elem(const kvs_weight_t *w, size_t i)
 {
     switch (w->type) {
-    case KVS_WTYPE_BF16: return kvs_bf16_to_float(((const uint16_t *)w->data)[i]);
-    case KVS_WTYPE_F16: return kvs_f16_to_float(((const uint16_t *)w->data)[i]);
+    case KVS_WTYPE_BF16: return kvs_bf16_to_f32(((const uint16_t *)w->data)[i]);
+    case KVS_WTYPE_F16: return kvs_f16_to_f32(((const uint16_t *)w->data)[i]);
     case KVS_WTYPE_F32:
     case KVS_WTYPE_COUNT: break;
     }
@@ -203,7 +162,7 @@ __attribute__((target("avx2,fma"))) static void matvec_bf16_avx2(const kvs_weigh
         }
         float sum = hsum_avx(_mm256_add_ps(_mm256_add_ps(e0, o0), _mm256_add_ps(e1, o1)));
         for (uint32_t c = full; c < cols; c++)
-            sum += kvs_bf16_to_float(p[c]) * x[c];
+            sum += kvs_bf16_to_f32(p[c]) * x[c];
         y[r - row0] = sum;
     }
 }

@@ -11,13 +11,10 @@
 #define KVS_MATVEC_H
 
 #include "model.h"
+#include "../common/half.h"
 
 #include <stdint.h>
 
-float kvs_bf16_to_float(uint16_t h);
-float kvs_f16_to_float(uint16_t h);
-/* Round to nearest even; NaN stays NaN. */
-uint16_t kvs_float_to_bf16(float f);
 
 /* Converts rows [row0, row0+n_rows) of w to F32, (n_rows, w->cols). */
 void kvs_weight_rows_f32(const kvs_weight_t *w, uint32_t row0, uint32_t n_rows, float *out);

@@ -84,7 +84,7 @@ static float fast_normal(kvs_rng_t *rng)
 static void fill_random(kvs_rng_t *rng, uint16_t *out, size_t n, float std)
 {
     for (size_t i = 0; i < n; i++)
-        out[i] = kvs_float_to_bf16(fast_normal(rng) * std);
+        out[i] = kvs_f32_to_bf16(fast_normal(rng) * std);
 }
 
 /* Random q and k projections are independent, so attention would only be
@@ -107,7 +107,7 @@ static void structure_qk(const kvs_model_config_t *c, uint16_t *wq, uint16_t *wk
                 uint32_t ch = half - 1 - p + side * half;
                 uint16_t *krow = wk + ((size_t)g * hd + ch) * H;
                 for (uint32_t i = 0; i < H; i++)
-                    krow[i] = kvs_float_to_bf16(kvs_bf16_to_float(krow[i]) * SHARED_SCALE);
+                    krow[i] = kvs_f32_to_bf16(kvs_bf16_to_f32(krow[i]) * SHARED_SCALE);
                 for (uint32_t h = g * group; h < (g + 1) * group; h++)
                     memcpy(wq + ((size_t)h * hd + ch) * H, krow, H * sizeof *krow);
             }

@@ -2,8 +2,10 @@
 #include "testutil.h"
 
 #include "common/fsutil.h"
+#include "common/half.h"
 #include "common/kvs_common.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -63,6 +65,41 @@ START_TEST(outfile_commit_replaces_and_abort_keeps)
 }
 END_TEST
 
+/* Every finite and infinite F16 and BF16 pattern survives a round trip
+** through F32, and NaN stays NaN. */
+START_TEST(half_round_trips_every_pattern)
+{
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = kvs_f16_to_f32((uint16_t)h);
+        float b = kvs_bf16_to_f32((uint16_t)h);
+        if (isnan(f))
+            ck_assert(isnan(kvs_f16_to_f32(kvs_f32_to_f16(f))));
+        else
+            ck_assert_uint_eq(kvs_f32_to_f16(f), h);
+        if (isnan(b))
+            ck_assert(isnan(kvs_bf16_to_f32(kvs_f32_to_bf16(b))));
+        else
+            ck_assert_uint_eq(kvs_f32_to_bf16(b), h);
+    }
+}
+END_TEST
+
+/* Rounding to nearest, ties to even, at hand-picked boundaries. */
+START_TEST(half_rounds_to_nearest_even)
+{
+    ck_assert_float_eq(kvs_f16_to_f32(kvs_f32_to_f16(1.0f + 0x1p-11f)), 1.0f);             /* tie, even down */
+    ck_assert_float_eq(kvs_f16_to_f32(kvs_f32_to_f16(1.0f + 3 * 0x1p-11f)), 1.0f + 0x1p-9f); /* tie, even up */
+    ck_assert_float_eq(kvs_f16_to_f32(kvs_f32_to_f16(65519.0f)), 65504.0f);
+    ck_assert(isinf(kvs_f16_to_f32(kvs_f32_to_f16(65520.0f))));
+    ck_assert_float_eq(kvs_f16_to_f32(kvs_f32_to_f16(0x1p-25f)), 0.0f);                     /* tie to 0 */
+    ck_assert_float_eq(kvs_f16_to_f32(kvs_f32_to_f16(0x1.8p-24f)), 0x1p-23f);               /* tie, even up */
+    ck_assert_float_eq(kvs_bf16_to_f32(kvs_f32_to_bf16(1.0f + 0x1p-8f)), 1.0f);             /* tie, even down */
+    ck_assert_float_eq(kvs_bf16_to_f32(kvs_f32_to_bf16(1.0f + 3 * 0x1p-8f)), 1.0f + 0x1p-6f);
+    ck_assert_uint_eq(kvs_f32_to_f16(-0.0f), 0x8000u);
+    ck_assert_uint_eq(kvs_f32_to_bf16(-0.0f), 0x8000u);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("common");
@@ -71,6 +108,8 @@ int main(void)
     tcase_add_test(tc, fail_stores_message);
     tcase_add_test(tc, strerror_names_every_code);
     tcase_add_test(tc, outfile_commit_replaces_and_abort_keeps);
+    tcase_add_test(tc, half_round_trips_every_pattern);
+    tcase_add_test(tc, half_rounds_to_nearest_even);
     suite_add_tcase(s, tc);
     return kvs_test_run(s);
 }

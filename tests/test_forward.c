@@ -220,9 +220,9 @@ static double naive_row(const kvs_weight_t *w, uint32_t r, const float *x)
         if (w->type == KVS_WTYPE_F32)
             e = ((const float *)w->data)[i];
         else if (w->type == KVS_WTYPE_BF16)
-            e = kvs_bf16_to_float(((const uint16_t *)w->data)[i]);
+            e = kvs_bf16_to_f32(((const uint16_t *)w->data)[i]);
         else
-            e = kvs_f16_to_float(((const uint16_t *)w->data)[i]);
+            e = kvs_f16_to_f32(((const uint16_t *)w->data)[i]);
         s += e * x[c];
     }
     return s;
@@ -245,7 +245,7 @@ START_TEST(matvec_matches_naive_for_each_dtype)
             float v = (float)kvs_rng_normal(&rng);
             wf[i] = v;
             /* F16 bits built from a BF16-exact value scaled into F16 range. */
-            wh[i] = type == KVS_WTYPE_BF16 ? kvs_float_to_bf16(v) : (uint16_t)(0x3c00 ^ (kvs_rng_next(&rng) & 0x83ff));
+            wh[i] = type == KVS_WTYPE_BF16 ? kvs_f32_to_bf16(v) : (uint16_t)(0x3c00 ^ (kvs_rng_next(&rng) & 0x83ff));
         }
         kvs_matvec(&w, 3, rows, x, y);
         kvs_matvec_ref(&w, 3, rows, x, yr);
@@ -262,16 +262,16 @@ END_TEST
 
 START_TEST(half_conversions_known_values)
 {
-    ck_assert(kvs_f16_to_float(0x3c00) == 1.0f);
-    ck_assert(kvs_f16_to_float(0xc000) == -2.0f);
-    ck_assert(kvs_f16_to_float(0x0001) == ldexpf(1.0f, -24));
-    ck_assert(kvs_f16_to_float(0x7bff) == 65504.0f);
-    ck_assert(isinf(kvs_f16_to_float(0x7c00)));
-    ck_assert(kvs_bf16_to_float(0x3f80) == 1.0f);
-    ck_assert_uint_eq(kvs_float_to_bf16(1.0f), 0x3f80);
+    ck_assert(kvs_f16_to_f32(0x3c00) == 1.0f);
+    ck_assert(kvs_f16_to_f32(0xc000) == -2.0f);
+    ck_assert(kvs_f16_to_f32(0x0001) == ldexpf(1.0f, -24));
+    ck_assert(kvs_f16_to_f32(0x7bff) == 65504.0f);
+    ck_assert(isinf(kvs_f16_to_f32(0x7c00)));
+    ck_assert(kvs_bf16_to_f32(0x3f80) == 1.0f);
+    ck_assert_uint_eq(kvs_f32_to_bf16(1.0f), 0x3f80);
     /* 1 + 2^-8 is halfway between two BF16 values; ties go to even. */
-    ck_assert_uint_eq(kvs_float_to_bf16(1.0f + ldexpf(1.0f, -8)), 0x3f80);
-    ck_assert_uint_eq(kvs_float_to_bf16(1.0f + 3 * ldexpf(1.0f, -8)), 0x3f82);
+    ck_assert_uint_eq(kvs_f32_to_bf16(1.0f + ldexpf(1.0f, -8)), 0x3f80);
+    ck_assert_uint_eq(kvs_f32_to_bf16(1.0f + 3 * ldexpf(1.0f, -8)), 0x3f82);
 }
 END_TEST
 

@@ -270,14 +270,14 @@ END_TEST
 
 START_TEST(half_formats_round_to_even)
 {
-    ck_assert_uint_eq(kvs_fp_f32_to_bf16(1.0f + 0x1p-8f), 0x3F80);            /* tie, even */
-    ck_assert_uint_eq(kvs_fp_f32_to_bf16(1.0f + 3 * 0x1p-8f), 0x3F82);        /* tie, even */
-    ck_assert_uint_eq(kvs_fp_f32_to_f16(65504.0f), 0x7BFF);
-    ck_assert_uint_eq(kvs_fp_f32_to_f16(65520.0f), 0x7C00);
-    ck_assert_uint_eq(kvs_fp_f32_to_f16(0x1p-24f), 0x0001);
-    ck_assert_uint_eq(kvs_fp_f32_to_f16(1.0f / 3.0f), 0x3555);
-    ck_assert_uint_eq(kvs_fp_f32_to_f16(-0x1p-14f), 0x8400);
-    ck_assert_float_eq(kvs_fp_f16_to_f32(0x3555), 0.333251953125f);
+    ck_assert_uint_eq(kvs_f32_to_bf16(1.0f + 0x1p-8f), 0x3F80);            /* tie, even */
+    ck_assert_uint_eq(kvs_f32_to_bf16(1.0f + 3 * 0x1p-8f), 0x3F82);        /* tie, even */
+    ck_assert_uint_eq(kvs_f32_to_f16(65504.0f), 0x7BFF);
+    ck_assert_uint_eq(kvs_f32_to_f16(65520.0f), 0x7C00);
+    ck_assert_uint_eq(kvs_f32_to_f16(0x1p-24f), 0x0001);
+    ck_assert_uint_eq(kvs_f32_to_f16(1.0f / 3.0f), 0x3555);
+    ck_assert_uint_eq(kvs_f32_to_f16(-0x1p-14f), 0x8400);
+    ck_assert_float_eq(kvs_f16_to_f32(0x3555), 0.333251953125f);
     ck_assert_float_eq(kvs_fp_round_dir(KVS_FP_BF16, 1.001f, +1), 1.0078125f);
     ck_assert_float_eq(kvs_fp_round_dir(KVS_FP_BF16, 1.001f, -1), 1.0f);
     ck_assert_float_eq(kvs_fp_round_dir(KVS_FP_BF16, -1.001f, -1), -1.0078125f);
@@ -285,7 +285,7 @@ START_TEST(half_formats_round_to_even)
 
     /* Every F16 value survives a round trip through F32. */
     for (uint32_t h = 0; h < 0x7C00; h++)
-        ck_assert_uint_eq(kvs_fp_f32_to_f16(kvs_fp_f16_to_f32((uint16_t)h)), h);
+        ck_assert_uint_eq(kvs_f32_to_f16(kvs_f16_to_f32((uint16_t)h)), h);
 }
 END_TEST
 

@@ -560,7 +560,7 @@ static uint16_t float_to_f16(float v)
             if (m < 0 || m > 1023)
                 continue;
             uint16_t h = (uint16_t)((v < 0 ? 0x8000 : 0) | (e << 10) | m);
-            float err = fabsf(kvs_f16_to_float(h) - v);
+            float err = fabsf(kvs_f16_to_f32(h) - v);
             if (err < best_err)
                 best_err = err, best = h;
         }
@@ -592,8 +592,8 @@ START_TEST(model_half_dtypes_match_f32)
             for (size_t j = 0; j < count; j++) {
                 float v, r;
                 memcpy(&v, e[i].data + 4 * j, 4);
-                uint16_t h = type == KVS_WTYPE_F16 ? float_to_f16(v) : kvs_float_to_bf16(v);
-                r = type == KVS_WTYPE_F16 ? kvs_f16_to_float(h) : kvs_bf16_to_float(h);
+                uint16_t h = type == KVS_WTYPE_F16 ? float_to_f16(v) : kvs_f32_to_bf16(v);
+                r = type == KVS_WTYPE_F16 ? kvs_f16_to_f32(h) : kvs_bf16_to_f32(h);
                 memcpy(half[i] + 2 * j, &h, 2);
                 memcpy(wide[i] + 4 * j, &r, 4);
             }

@@ -310,18 +310,18 @@ END_TEST
 
 START_TEST(f16_known_values)
 {
-    ck_assert_uint_eq(kvs_rot_f16_from_f32(1.0f), 0x3C00);
-    ck_assert_uint_eq(kvs_rot_f16_from_f32(-2.0f), 0xC000);
-    ck_assert_uint_eq(kvs_rot_f16_from_f32(65504.0f), 0x7BFF);
-    ck_assert_uint_eq(kvs_rot_f16_from_f32(70000.0f), 0x7C00);
-    ck_assert_uint_eq(kvs_rot_f16_from_f32(0.1f), 0x2E66);
-    ck_assert_uint_eq(kvs_rot_f16_from_f32(5.9604645e-8f), 0x0001); /* smallest subnormal */
-    ck_assert_uint_eq(kvs_rot_f16_from_f32(1.0f + 1.0f / 2048.0f), 0x3C00); /* tie to even */
-    ck_assert_uint_eq(kvs_rot_f16_from_f32(1.0f + 3.0f / 2048.0f), 0x3C02);
+    ck_assert_uint_eq(kvs_f32_to_f16(1.0f), 0x3C00);
+    ck_assert_uint_eq(kvs_f32_to_f16(-2.0f), 0xC000);
+    ck_assert_uint_eq(kvs_f32_to_f16(65504.0f), 0x7BFF);
+    ck_assert_uint_eq(kvs_f32_to_f16(70000.0f), 0x7C00);
+    ck_assert_uint_eq(kvs_f32_to_f16(0.1f), 0x2E66);
+    ck_assert_uint_eq(kvs_f32_to_f16(5.9604645e-8f), 0x0001); /* smallest subnormal */
+    ck_assert_uint_eq(kvs_f32_to_f16(1.0f + 1.0f / 2048.0f), 0x3C00); /* tie to even */
+    ck_assert_uint_eq(kvs_f32_to_f16(1.0f + 3.0f / 2048.0f), 0x3C02);
     ck_assert_float_eq(kvs_rot_f32_from_f16(0x3555), 0.333251953125f);
     ck_assert_float_eq(kvs_rot_f32_from_f16(0x0001), 5.9604645e-8f);
     for (int i = 0; i < 0x7C00; i++)
-        ck_assert_uint_eq(kvs_rot_f16_from_f32(kvs_rot_f32_from_f16((uint16_t)i)), (unsigned)i);
+        ck_assert_uint_eq(kvs_f32_to_f16(kvs_rot_f32_from_f16((uint16_t)i)), (unsigned)i);
 }
 END_TEST
 

@@ -172,62 +172,6 @@ static float f32_from_bits(uint32_t u)
     return x;
 }
 
-uint16_t kvs_f32_to_f16(float x)
-{
-    uint32_t u = f32_bits(x);
-    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
-
-    u &= 0x7fffffffu;
-
-    /* 65520 is the midpoint between the largest half (65504) and 2^16; ties
-    ** go to the even pattern, which is infinity. */
-    if (u >= 0x477ff000u)
-        return sign | 0x7c00u;
-
-    /* Below 2^-14 the result is subnormal with a step of 2^-24. Scaling by
-    ** 2^24 is exact, and lrintf rounds ties to even in the default mode.
-    ** A result of 1024 is the pattern of the smallest normal, 2^-14. */
-    if (u < 0x38800000u)
-        return sign | (uint16_t)lrintf(fabsf(x) * 16777216.0f);
-
-    /* Normal range: round the 13 dropped mantissa bits to nearest even,
-    ** then rebias the exponent from 127 to 15. A carry out of the
-    ** mantissa correctly bumps the exponent. */
-    u += 0x0fffu + ((u >> 13) & 1u);
-    return sign | (uint16_t)((u >> 13) - (112u << 10));
-}
-
-float kvs_f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t magnitude = (uint32_t)(h & 0x7fffu) << 13;
-
-    if ((h & 0x7c00u) == 0x7c00u)
-        return f32_from_bits(sign | 0x7f800000u | (magnitude & 0x007fffffu));
-
-    /* Shifted into place, the half's bits read as a float 2^112 too small
-    ** (exponent bias 127 against 15). Multiplying by 2^112 is exact and
-    ** turns half subnormals, which land in the float subnormal range, into
-    ** the right normal floats without a branch. */
-    float v = f32_from_bits(magnitude) * 0x1p112f;
-    return f32_from_bits(f32_bits(v) | sign);
-}
-
-uint16_t kvs_f32_to_bf16(float x)
-{
-    uint32_t u = f32_bits(x);
-
-    /* Round the low 16 bits to nearest even; a carry into the exponent of
-    ** the largest finite values yields the infinity pattern. */
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-float kvs_bf16_to_f32(uint16_t h)
-{
-    return f32_from_bits((uint32_t)h << 16);
-}
-
 /* ---- byte shuffling --------------------------------------------------- */
 
 size_t kvs_trace_shuffle_encode(const float *src, size_t n, kvs_dtype_e dtype, uint8_t *dst)

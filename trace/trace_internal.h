@@ -11,6 +11,7 @@
 #define KVS_TRACE_INTERNAL_H
 
 #include "trace.h"
+#include "../common/half.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -99,13 +100,6 @@ void kvs_trace_footer_decode(const uint8_t in[KVS_TRACE_FOOTER_BYTES], kvs_trace
 /* Bytes per stored value: 4 for F32, 2 for F16 and BF16. */
 size_t kvs_dtype_size(kvs_dtype_e dtype);
 
-/* IEEE binary16 and bfloat16 conversions, rounding to nearest, ties to
-** even. The narrowing functions expect finite input; a value too large for
-** the target type gives the infinity pattern, which the writer rejects. */
-uint16_t kvs_f32_to_f16(float x);
-float kvs_f16_to_f32(uint16_t h);
-uint16_t kvs_f32_to_bf16(float x);
-float kvs_bf16_to_f32(uint16_t h);
 
 /* Converts n finite floats to dtype and byte-shuffles them into dst, which
 ** holds n * kvs_dtype_size(dtype) bytes: byte 0 of every value, then byte 1

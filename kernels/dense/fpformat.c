@@ -34,74 +34,6 @@ size_t kvs_fp_size(kvs_fp_e fmt)
     }
 }
 
-static uint32_t f32_bits(float x)
-{
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    return u;
-}
-
-static float bits_f32(uint32_t u)
-{
-    float x;
-    memcpy(&x, &u, 4);
-    return x;
-}
-
-uint16_t kvs_fp_f32_to_bf16(float x)
-{
-    uint32_t u = f32_bits(x);
-
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u)
-        return (uint16_t)((u >> 16) | 0x0040u);  /* quiet NaN, sign kept */
-    u += 0x7FFFu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-float kvs_fp_bf16_to_f32(uint16_t h)
-{
-    return bits_f32((uint32_t)h << 16);
-}
-
-uint16_t kvs_fp_f32_to_f16(float x)
-{
-    uint32_t u = f32_bits(x);
-    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
-    uint32_t a = u & 0x7FFFFFFFu;
-
-    if (a > 0x7F800000u)
-        return sign | 0x7E00u;
-    /* 65520 is halfway between the largest F16 (65504, odd mantissa) and
-    ** 65536, so it and everything above round to infinity. */
-    if (a >= 0x477FF000u)
-        return sign | 0x7C00u;
-    if (a < 0x38800000u) {
-        /* Below 2^-14 the result is subnormal: a multiple of 2^-24. Scaling
-        ** by 2^24 is exact, and lrintf rounds half to even. */
-        return sign | (uint16_t)lrintf(bits_f32(a) * 16777216.0f);
-    }
-    uint32_t h = ((((a >> 23) - 127u + 15u) << 10)) | ((a & 0x7FFFFFu) >> 13);
-    uint32_t rest = a & 0x1FFFu;
-    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u)))
-        h++;  /* a carry out of the mantissa correctly bumps the exponent */
-    return sign | (uint16_t)h;
-}
-
-float kvs_fp_f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t e = (h >> 10) & 0x1Fu;
-    uint32_t m = h & 0x3FFu;
-
-    if (e == 0) {
-        float v = (float)m * (1.0f / 16777216.0f);
-        return sign ? -v : v;
-    }
-    if (e == 31)
-        return bits_f32(sign | 0x7F800000u | (m << 13));
-    return bits_f32(sign | ((e + 112u) << 23) | (m << 13));
-}
-
 /* ---- FP8 -------------------------------------------------------------- */
 
 /* Decodes a sign-magnitude minifloat with ebits exponent bits, mbits
@@ -191,8 +123,8 @@ void kvs_fp_encode(kvs_fp_e fmt, const float *src, void *dst, size_t n)
 
     switch (fmt) {
     case KVS_FP_F32: memcpy(dst, src, n * 4); break;
-    case KVS_FP_F16: for (size_t i = 0; i < n; i++) h[i] = kvs_fp_f32_to_f16(src[i]); break;
-    case KVS_FP_BF16: for (size_t i = 0; i < n; i++) h[i] = kvs_fp_f32_to_bf16(src[i]); break;
+    case KVS_FP_F16: for (size_t i = 0; i < n; i++) h[i] = kvs_f32_to_f16(src[i]); break;
+    case KVS_FP_BF16: for (size_t i = 0; i < n; i++) h[i] = kvs_f32_to_bf16(src[i]); break;
     case KVS_FP_E4M3: for (size_t i = 0; i < n; i++) b[i] = kvs_fp_f32_to_e4m3(src[i]); break;
     case KVS_FP_E5M2: for (size_t i = 0; i < n; i++) b[i] = kvs_fp_f32_to_e5m2(src[i]); break;
     default: break;
@@ -206,8 +138,8 @@ void kvs_fp_decode(kvs_fp_e fmt, const void *src, float *dst, size_t n)
 
     switch (fmt) {
     case KVS_FP_F32: memcpy(dst, src, n * 4); break;
-    case KVS_FP_F16: for (size_t i = 0; i < n; i++) dst[i] = kvs_fp_f16_to_f32(h[i]); break;
-    case KVS_FP_BF16: for (size_t i = 0; i < n; i++) dst[i] = kvs_fp_bf16_to_f32(h[i]); break;
+    case KVS_FP_F16: for (size_t i = 0; i < n; i++) dst[i] = kvs_f16_to_f32(h[i]); break;
+    case KVS_FP_BF16: for (size_t i = 0; i < n; i++) dst[i] = kvs_bf16_to_f32(h[i]); break;
     case KVS_FP_E4M3: for (size_t i = 0; i < n; i++) dst[i] = kvs_fp_e4m3_to_f32(b[i]); break;
     case KVS_FP_E5M2: for (size_t i = 0; i < n; i++) dst[i] = kvs_fp_e5m2_to_f32(b[i]); break;
     default: break;
@@ -238,12 +170,12 @@ float kvs_fp_round_dir(kvs_fp_e fmt, float x, int dir)
     if (fmt == KVS_FP_F32 || !isfinite(x))
         return x;
 
-    uint16_t h = fmt == KVS_FP_F16 ? kvs_fp_f32_to_f16(x) : kvs_fp_f32_to_bf16(x);
-    float y = fmt == KVS_FP_F16 ? kvs_fp_f16_to_f32(h) : kvs_fp_bf16_to_f32(h);
+    uint16_t h = fmt == KVS_FP_F16 ? kvs_f32_to_f16(x) : kvs_f32_to_bf16(x);
+    float y = fmt == KVS_FP_F16 ? kvs_f16_to_f32(h) : kvs_bf16_to_f32(h);
 
     if ((dir > 0 && y < x) || (dir < 0 && y > x)) {
         h = step16(h, dir > 0);
-        y = fmt == KVS_FP_F16 ? kvs_fp_f16_to_f32(h) : kvs_fp_bf16_to_f32(h);
+        y = fmt == KVS_FP_F16 ? kvs_f16_to_f32(h) : kvs_bf16_to_f32(h);
     }
     return y;
 }

@@ -11,6 +11,8 @@
 #ifndef KVS_FPFORMAT_H
 #define KVS_FPFORMAT_H
 
+#include "../../common/half.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -30,10 +32,6 @@ int kvs_fp_parse(const char *name);
 /* Bytes per stored element: 4, 2, 2, 1, 1. */
 size_t kvs_fp_size(kvs_fp_e fmt);
 
-uint16_t kvs_fp_f32_to_bf16(float x);
-float kvs_fp_bf16_to_f32(uint16_t h);
-uint16_t kvs_fp_f32_to_f16(float x);
-float kvs_fp_f16_to_f32(uint16_t h);
 uint8_t kvs_fp_f32_to_e4m3(float x);
 float kvs_fp_e4m3_to_f32(uint8_t c);
 uint8_t kvs_fp_f32_to_e5m2(float x);

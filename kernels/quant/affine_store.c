@@ -98,8 +98,8 @@ __attribute__((target("avx2,f16c"))) static void f16_pairs_f16c(const uint16_t *
         _mm_storeu_ps(m + i, _mm256_extractf128_ps(even, 1));
     }
     for (; i < count; i++) {
-        s[i] = kvs_fp_f16_to_f32(h[2 * i]);
-        m[i] = kvs_fp_f16_to_f32(h[2 * i + 1]);
+        s[i] = kvs_f16_to_f32(h[2 * i]);
+        m[i] = kvs_f16_to_f32(h[2 * i + 1]);
     }
 }
 
@@ -111,8 +111,8 @@ void kvs_affine_decode_pairs(const kvs_affine_t *a, const uint8_t *p, uint32_t c
     switch (a->cfg.param_fmt) {
     case KVS_FP_BF16:
         for (uint32_t i = 0; i < count; i++) {
-            s[i] = kvs_fp_bf16_to_f32(h[2 * i]);
-            m[i] = kvs_fp_bf16_to_f32(h[2 * i + 1]);
+            s[i] = kvs_bf16_to_f32(h[2 * i]);
+            m[i] = kvs_bf16_to_f32(h[2 * i + 1]);
         }
         break;
     case KVS_FP_F16:
@@ -120,8 +120,8 @@ void kvs_affine_decode_pairs(const kvs_affine_t *a, const uint8_t *p, uint32_t c
             f16_pairs_f16c(h, count, s, m);
         } else {
             for (uint32_t i = 0; i < count; i++) {
-                s[i] = kvs_fp_f16_to_f32(h[2 * i]);
-                m[i] = kvs_fp_f16_to_f32(h[2 * i + 1]);
+                s[i] = kvs_f16_to_f32(h[2 * i]);
+                m[i] = kvs_f16_to_f32(h[2 * i + 1]);
             }
         }
         break;

@@ -274,7 +274,7 @@ static kvs_status_e polar_append(void *state, const float *x, const float *x_pre
                 put_bits(row, &pos, quantize_angle(c, l, angle), c->bits[l]);
             }
         }
-        h = kvs_rot_f16_from_f32(radius[0]);
+        h = kvs_f32_to_f16(radius[0]);
         memcpy(row + c->code_bytes + 2 * b, &h, sizeof h);
     }
     return KVS_OK;

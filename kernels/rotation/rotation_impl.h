@@ -16,6 +16,7 @@
 #define KVS_ROTATION_IMPL_H
 
 #include "../kernel_impl.h"
+#include "../../common/half.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -205,8 +206,6 @@ void kvs_rot_code_accumulate_ref(const uint8_t *codes, uint32_t stride, uint32_t
 
 /* ---- half precision --------------------------------------------------- */
 
-/* IEEE binary16, round to nearest even; overflow gives infinity. */
-uint16_t kvs_rot_f16_from_f32(float x);
 float kvs_rot_f32_from_f16(uint16_t h);
 
 /* ---- growable per-token storage --------------------------------------- */

@@ -71,49 +71,6 @@ uint64_t kvs_rot_stream_seed(const kvs_kernel_dims_t *dims, uint64_t salt)
 
 /* ---- half precision --------------------------------------------------- */
 
-uint16_t kvs_rot_f16_from_f32(float x)
-{
-    uint32_t u, sign, mant;
-    int32_t exp;
-
-    memcpy(&u, &x, sizeof u);
-    sign = (u >> 16) & 0x8000u;
-    exp = (int32_t)((u >> 23) & 0xFF) - 127 + 15;
-    mant = u & 0x7FFFFFu;
-
-    if (((u >> 23) & 0xFF) == 0xFF) /* Inf or NaN */
-        return (uint16_t)(sign | 0x7C00u | (mant ? 0x200u : 0));
-    if (exp >= 31)
-        return (uint16_t)(sign | 0x7C00u);
-    if (exp <= 0) {
-        /* Subnormal half or zero: shift the implicit bit in and round the
-        ** dropped bits to nearest even. */
-        uint32_t shift, half_bits, rest, halfway;
-
-        if (exp < -10)
-            return (uint16_t)sign;
-        mant |= 0x800000u;
-        shift = (uint32_t)(14 - exp);
-        half_bits = mant >> shift;
-        rest = mant & ((1u << shift) - 1);
-        halfway = 1u << (shift - 1);
-        if (rest > halfway || (rest == halfway && (half_bits & 1)))
-            half_bits++;
-        return (uint16_t)(sign | half_bits);
-    }
-
-    {
-        uint32_t h = sign | ((uint32_t)exp << 10) | (mant >> 13);
-        uint32_t rest = mant & 0x1FFFu;
-
-        /* A carry out of the mantissa moves into the exponent, which is the
-        ** correctly rounded result, up to infinity. */
-        if (rest > 0x1000u || (rest == 0x1000u && (h & 1)))
-            h++;
-        return (uint16_t)h;
-    }
-}
-
 float kvs_rot_f32_from_f16(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;

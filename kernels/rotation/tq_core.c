@@ -201,7 +201,7 @@ uint64_t kvs_tq_stored_bytes(const kvs_tq_t *tq)
 
 static void store_f16(uint8_t *dst, float x)
 {
-    uint16_t h = kvs_rot_f16_from_f32(x);
+    uint16_t h = kvs_f32_to_f16(x);
 
     memcpy(dst, &h, sizeof h);
 }
