@@ -406,12 +406,6 @@ static kvs_status_e store_timing(kvs_db_t *db, int64_t trace_id, const kvs_kerne
                              (uint64_t)((double)res->cost.read_bytes * streams), "model", NULL);
 }
 
-static const char *execution_label(const kvs_kernel_spec_t *spec)
-{
-    if (kvs_kernel_spec_compressed_exec(spec))
-        return "compressed";
-    return strcmp(kvs_kernel_spec_family(spec), "dense") ? "storage-only" : "dense";
-}
 
 int kvs_cmd_bench(int argc, char **argv)
 {
@@ -495,7 +489,7 @@ int kvs_cmd_bench(int argc, char **argv)
             if (arr) {
                 json_t *j = json_object();
                 json_object_set_new(j, "kernel", json_string(kvs_kernel_spec_text(specs[k])));
-                json_object_set_new(j, "execution", json_string(execution_label(specs[k])));
+                json_object_set_new(j, "execution", json_string(kvs_kernel_spec_execution(specs[k])));
                 json_object_set_new(j, "context", json_integer(n));
                 json_object_set_new(j, "append_median_us", json_real(res.append_median_us));
                 json_object_set_new(j, "append_mean_us", json_real(res.append_mean_us));
@@ -520,7 +514,7 @@ int kvs_cmd_bench(int argc, char **argv)
                 printf("%-36s %7u %10.2f %10.2f %10.1f %11s %11s %11.2f %8s  %s\n",
                        kvs_kernel_spec_text(specs[k]), n, res.append_median_us,
                        res.append_mean_us, res.attend_median_us, step, attend, read / 1048576.0,
-                       rate, execution_label(specs[k]));
+                       rate, kvs_kernel_spec_execution(specs[k]));
                 fflush(stdout);
             }
         }

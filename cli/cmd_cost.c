@@ -153,9 +153,7 @@ int kvs_cmd_cost(int argc, char **argv)
     for (uint32_t k = 0; k < n_kernels; k++) {
         const kvs_kernel_spec_t *spec = specs[k];
         const model_cost_t *c = &costs[k];
-        const char *exec = kvs_kernel_spec_compressed_exec(spec) ? "compressed"
-                           : strcmp(kvs_kernel_spec_family(spec), "dense") ? "storage-only"
-                                                                           : "dense";
+        const char *exec = kvs_kernel_spec_execution(spec);
         if (json) {
             json_t *o = json_object();
             json_object_set_new(o, "kernel", json_string(kvs_kernel_spec_text(spec)));

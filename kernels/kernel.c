@@ -472,6 +472,17 @@ static void codec_cost(const kvs_codec_i *codec, const kvs_params_t *params,
     cost_add(out, &c);
 }
 
+const char *kvs_kernel_spec_execution(const kvs_kernel_spec_t *spec)
+{
+    int dense = !strcmp(spec->key.codec->family, "dense") && !strcmp(spec->value.codec->family, "dense");
+    int compressed = kvs_kernel_spec_compressed_exec(spec);
+
+    if (spec->policy)
+        return dense ? "dense + selection" : compressed ? "compressed + selection"
+                                                        : "storage-only + selection";
+    return dense ? "dense" : compressed ? "compressed" : "storage-only";
+}
+
 int kvs_kernel_spec_observes(const kvs_kernel_spec_t *spec)
 {
     return spec->policy && spec->policy->observe;

@@ -86,6 +86,13 @@ const char *kvs_kernel_spec_family(const kvs_kernel_spec_t *spec);
 ** dequantizes everything first (storage-only) or is dense. */
 int kvs_kernel_spec_compressed_exec(const kvs_kernel_spec_t *spec);
 
+/* How attention executes, for tables: "dense" (both codecs dense),
+** "compressed" (a codec computes on its codes) or "storage-only" (codes
+** stored, dequantized to a dense copy before each step), followed by
+** " + selection" when a selection policy is part of the spec. The string
+** is static. */
+const char *kvs_kernel_spec_execution(const kvs_kernel_spec_t *spec);
+
 /* 1 when the kernel's selection policy learns from each step's attention
 ** weights (H2O's scores, TOVA's evictions), so that a faithful replay must
 ** attend at every decode position, evaluated or not. */

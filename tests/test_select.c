@@ -1126,6 +1126,23 @@ START_TEST(quest_reads_selected_pages_only)
     ck_assert_uint_eq(q.read_bytes, 512 * 256 + 64 * 2 * 128);
     ck_assert_uint_eq(d.read_bytes, 8192 * 2 * 128);
     ck_assert_uint_eq(q.stored_bytes, d.stored_bytes + 512 * 256);
+
+    /* With the first 2 of 30 layers dense, the per-stream cost is the mean
+    ** over layers: 28/30 of the sparse step and 2/30 of a dense one. */
+    kvs_kernel_spec_t *mixed;
+    kvs_kernel_cost_t m;
+    ck_assert_int_eq(kvs_kernel_spec_parse("quest:budget=64,dtype=bf16,dense_layers=2/dense:dtype=bf16",
+                                           &mixed), KVS_OK);
+    ck_assert_int_eq(kvs_kernel_spec_cost(mixed, &dims, 8192, &m), KVS_OK);
+    double want = 28.0 / 30 * (512 * 256 + 64 * 2 * 128) + 2.0 / 30 * (8192 * 2 * 128);
+    ck_assert_double_eq_tol((double)m.read_bytes, want, want * 1e-3);
+    kvs_kernel_spec_free(mixed);
+
+    /* More dense layers than the model has is an error, not a silent full
+    ** read. */
+    ck_assert_int_eq(kvs_kernel_spec_parse("quest:dense_layers=31", &mixed), KVS_OK);
+    ck_assert_int_eq(kvs_kernel_spec_cost(mixed, &dims, 8192, &m), KVS_ERR_KERNEL_SPEC);
+    kvs_kernel_spec_free(mixed);
     kvs_kernel_spec_free(quest);
     kvs_kernel_spec_free(dense);
 }

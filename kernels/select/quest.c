@@ -228,6 +228,9 @@ static uint64_t quest_stored_bytes(const void *state)
     return (uint64_t)quest_pages(s->n, s->page) * 2 * s->d * quest_value_bytes(s->dtype);
 }
 
+/* Costs are the mean over the model's layers, because whole-model figures
+** multiply one stream's cost by layers x KV heads: layers below
+** dense_layers read every position, the others the selected pages. */
 static void quest_cost(const kvs_params_t *p, const kvs_kernel_dims_t *dims, uint64_t n_context,
                        kvs_part_cost_t *out, uint64_t *resident)
 {
@@ -235,21 +238,36 @@ static void quest_cost(const kvs_params_t *p, const kvs_kernel_dims_t *dims, uin
     uint32_t page = (uint32_t)kvs_param_number(p, "page");
     uint64_t page_bytes = 2ull * dims->head_dim * quest_value_bytes((int)kvs_param_number(p, "dtype"));
     uint64_t pages = quest_pages(n, page);
-    int dense = dims->layer < (uint32_t)kvs_param_number(p, "dense_layers");
+    uint32_t n_layers = dims->n_layers ? dims->n_layers : 1;
+    uint32_t dense_layers = (uint32_t)kvs_param_number(p, "dense_layers");
+    double sparse = dense_layers >= n_layers ? 0.0 : (double)(n_layers - dense_layers) / n_layers;
 
     /* A step reads every page's bounds and, per query head and dimension,
     ** takes two products, a maximum and a sum. */
     *out = (kvs_part_cost_t){0};
     out->bytes_per_token = (double)page_bytes / page;
     out->stored_bytes = pages * page_bytes;
-    out->read_bytes = dense ? 0 : pages * page_bytes;
-    out->flops = dense ? 0 : 4.0 * (double)pages * dims->head_dim * dims->group_size;
+    out->read_bytes = (uint64_t)(sparse * (double)(pages * page_bytes) + 0.5);
+    out->flops = sparse * 4.0 * (double)pages * dims->head_dim * dims->group_size;
+
     /* The whole cache stays resident, but a step reads only the selected
-    ** pages' keys and values (all of them in a dense layer). */
+    ** pages' keys and values. */
     uint64_t selected = (uint64_t)quest_selected(kvs_param_number(p, "budget"), page,
                                                  (uint32_t)kvs_param_number(p, "min_pages"), n) * page;
-    out->attended = dense || selected > n_context ? n_context : selected;
+    if (selected > n_context)
+        selected = n_context;
+    out->attended = (uint64_t)(sparse * (double)selected + (1.0 - sparse) * (double)n_context + 0.5);
     *resident = n_context;
+}
+
+static kvs_status_e quest_check(const kvs_params_t *p, const kvs_kernel_dims_t *dims)
+{
+    uint32_t dense_layers = (uint32_t)kvs_param_number(p, "dense_layers");
+
+    KVS_RETURN_IF(dims->n_layers && dense_layers > dims->n_layers, KVS_ERR_KERNEL_SPEC,
+                  "quest: dense_layers=%u exceeds the model's %u layers; use 0..%u", dense_layers,
+                  dims->n_layers, dims->n_layers);
+    return KVS_OK;
 }
 
 static void quest_destroy(void *state)
@@ -269,6 +287,7 @@ const kvs_policy_i kvs_policy_quest = {
     .name = "quest",
     .description = "attends the top pages by a min/max key bound; keeps the whole cache (Quest)",
     .params = quest_params,
+    .check = quest_check,
     .create = quest_create,
     .append = quest_append,
     .select = quest_select,

@@ -32,6 +32,11 @@ grep -q '^quanto:bits=4 *6480.0 ' <<<"$out" || fail "quanto 4-bit row: $out"
 grep -q '^quanto:bits=2 *3600.0 ' <<<"$out" || fail "quanto 2-bit row: $out"
 grep -q 'storage-only' <<<"$out" || fail "quanto should be storage-only: $out"
 
+# Eviction over dense storage executes densely; StreamingLLM at 10% keeps
+# a tenth of the context, so a tenth of dense BF16's bytes per token.
+out=$("$KVSIM" cost --model "$tmp" --kernel "streamingllm:budget=10%/dense:dtype=bf16" --context 2000)
+grep -q '2304.0 .*dense + selection$' <<<"$out" || fail "streamingllm row: $out"
+
 json=$("$KVSIM" cost --model "$tmp" --kernel kivi:bits=2 --json)
 grep -q '"bytes_per_token": 4320' <<<"$json" || fail "kivi 2-bit is 3 bits per element: $json"
 
