@@ -6,6 +6,7 @@
 #include "sim/replay.h"
 
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,6 +117,12 @@ static kvs_status_e parse_shard(const char *text, uint32_t *k, uint32_t *n)
     return KVS_OK;
 }
 
+static void on_stop_signal(int sig)
+{
+    (void)sig;
+    kvs_replay_request_stop();
+}
+
 int kvs_cmd_replay(int argc, char **argv)
 {
     static const struct option long_options[] = {
@@ -172,6 +179,13 @@ int kvs_cmd_replay(int argc, char **argv)
     opts.n_traces = traces.n;
     opts.kernels = (const char *const *)kernels.items;
     opts.n_kernels = kernels.n;
+    /* Ctrl-C and SIGTERM (a scheduler's time limit) finish the units in
+    ** progress and mark the rest for --resume; SIGKILL cannot be caught,
+    ** and --resume completes such runs as well. */
+    struct sigaction sa = {0};
+    sa.sa_handler = on_stop_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     rc = kvs_replay_run(&opts);
     if (rc != KVS_OK)
         exit_code = kvs_cli_report_error(argv[0], rc);

@@ -21,11 +21,19 @@
 
 #include <jansson.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+static volatile sig_atomic_t stop_requested;
+
+void kvs_replay_request_stop(void)
+{
+    stop_requested = 1;
+}
 
 kvs_status_e kvs_eval_parse(const char *text, kvs_eval_e *eval, uint32_t *n)
 {
@@ -413,7 +421,7 @@ static void *worker(void *arg)
     }
     for (;;) {
         pthread_mutex_lock(&r->lock);
-        if (r->next_stream >= r->n_streams || r->first_error != KVS_OK) {
+        if (r->next_stream >= r->n_streams || r->first_error != KVS_OK || stop_requested) {
             pthread_mutex_unlock(&r->lock);
             break;
         }
@@ -480,11 +488,17 @@ static kvs_status_e execute(replay_t *r)
     ** --resume completes them. */
     char status[1100];
     snprintf(status, sizeof status, "failed: %s", r->first_message);
-    for (uint32_t i = 0; i < r->n_runs; i++)
+    for (uint32_t i = 0; i < r->n_runs; i++) {
         if (r->runs[i].failed)
             kvs_db_end_run(r->db, r->runs[i].run_id, status);
+        else if (stop_requested && r->runs[i].units_left > 0)
+            kvs_db_end_run(r->db, r->runs[i].run_id, "interrupted: rerun with --resume");
+    }
     if (r->first_error != KVS_OK)
         return kvs_fail(r->first_error, "%s", r->first_message);
+    KVS_RETURN_IF(stop_requested && r->done_units < r->n_units, KVS_ERR_IO,
+                  "interrupted after %u of %u units; the finished units are committed, and the "
+                  "same command with --resume completes the rest", r->done_units, r->n_units);
     return KVS_OK;
 }
 

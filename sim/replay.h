@@ -49,7 +49,14 @@ struct kvs_trace;
 kvs_status_e kvs_replay_put_trace(struct kvs_db *db, const char *path, struct kvs_trace *trace,
                                   int64_t *trace_id);
 
-/* Validates every kernel spec and trace before doing any work. */
+/* Asks running replays to stop after the streams in progress. Safe to call
+** from a signal handler. */
+void kvs_replay_request_stop(void);
+
+/* Validates every kernel spec and trace before doing any work. After a
+** stop request it commits the streams in progress, marks unfinished runs
+** "interrupted: rerun with --resume" and fails with KVS_ERR_IO and a message
+** that says how many units are done. */
 kvs_status_e kvs_replay_run(const kvs_replay_opts_t *opts);
 
 #endif
