@@ -262,10 +262,10 @@ static kvs_status_e begin_run(replay_t *r, run_slot_t *run)
     return kvs_db_begin_run(r->db, &info, o->resume, &run->run_id);
 }
 
-/* Groups the planned units by (trace, layer, KV head) stream, keeping
-** kernel order inside a stream and (trace, layer, KV head) order between
-** streams, so that a worker decodes a stream's trace data and computes its
-** reference attention once for all of its kernels. */
+/* Groups the planned units by (trace, layer, KV head) stream. Kernel order
+** is kept inside a stream and (trace, layer, KV head) order between streams.
+** A worker then decodes a stream's trace data and computes its reference
+** attention once for all of its kernels. */
 static kvs_status_e group_streams(replay_t *r)
 {
     uint32_t cap = 0;
