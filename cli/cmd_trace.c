@@ -261,7 +261,13 @@ static int run_export(const char *path, const char *out_dir, int kind_filter, bo
     char written[4096];
     int n_files = 0;
 
-    rc = buf ? kvs_mkdir_p(out_dir) : kvs_fail(KVS_ERR_NOMEM, "out of memory exporting %s", path);
+    /* Verify every frame first, so a damaged trace leaves no partial set of
+    ** files behind. */
+    uint64_t bad_offset = 0;
+    rc = buf ? kvs_trace_verify(path, &bad_offset)
+             : kvs_fail(KVS_ERR_NOMEM, "out of memory exporting %s", path);
+    if (rc == KVS_OK)
+        rc = kvs_mkdir_p(out_dir);
     for (int k = 0; rc == KVS_OK && k < KVS_KIND_COUNT; k++) {
         if (kind_filter >= 0 && k != kind_filter)
             continue;

@@ -63,6 +63,16 @@ expect_status 1 "$KVSIM" trace verify "$tmp/flipped.kvt"
 expect_in "$tmp/err" "checksum mismatch"
 expect_in "$tmp/err" "at byte offset 64"
 
+# A flipped byte in the last frame (just before the metadata, whose offset
+# the footer stores at byte 24): export writes no file at all.
+cp "$seed" "$tmp/late.kvt"
+size=$(stat -c %s "$tmp/late.kvt")
+meta=$(od -An -t u8 -j $((size - 64 + 24)) -N 8 "$tmp/late.kvt" | tr -d ' ')
+printf '\xff' | dd of="$tmp/late.kvt" bs=1 seek=$((meta - 3)) conv=notrunc status=none
+expect_status 1 "$KVSIM" trace export "$tmp/late.kvt" -o "$tmp/late-npy"
+expect_in "$tmp/err" "checksum mismatch"
+[ -z "$(ls -A "$tmp/late-npy" 2>/dev/null)" ] || fail "export of a damaged trace left files: $(ls "$tmp/late-npy")"
+
 # A file cut short.
 head -c 1000 "$seed" >"$tmp/cut.kvt"
 expect_status 1 "$KVSIM" trace verify "$tmp/cut.kvt"
