@@ -567,18 +567,36 @@ static kvs_status_e figure_heatmap(rpt_ctx_t *ctx, uint32_t ti, const rpt_run_t 
         return status;
     }
     fp = kvs_outfile_stream(dat);
-    fprintf(fp, "# %s\n# layer\tquery_head\toutput_rel_error\tplotted_error\n", r->label);
-    int64_t last_layer = -1;
+    fprintf(fp, "# %s\n# layer\tquery_head\toutput_rel_error\tplotted_error (NaN: not replayed)\n",
+            r->label);
+
+    /* The image plot needs the full layer x head grid: a database holding
+    ** only some units (one shard) gets NaN cells, which gnuplot leaves blank,
+    ** instead of stretched neighbours. */
+    size_t n_cells = (size_t)t->n_layers * t->n_heads;
+    double *grid = malloc((n_cells ? n_cells : 1) * sizeof *grid);
+    if (!grid) {
+        sqlite3_finalize(st);
+        return rpt_close(dat, kvs_fail(KVS_ERR_NOMEM, "out of memory drawing %s", name));
+    }
+    for (size_t i = 0; i < n_cells; i++)
+        grid[i] = NAN;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        int64_t layer = sqlite3_column_int64(st, 0);
-        double v = sqlite3_column_double(st, 2);
-        if (last_layer >= 0 && layer != last_layer)
-            fputc('\n', fp);
-        last_layer = layer;
-        fprintf(fp, "%lld\t%lld\t%.9g\t%.9g\n", (long long)layer, (long long)sqlite3_column_int64(st, 1), v,
-                on_log_axis(v, zero_at));
+        int64_t layer = sqlite3_column_int64(st, 0), head = sqlite3_column_int64(st, 1);
+        if (layer >= 0 && layer < t->n_layers && head >= 0 && head < t->n_heads)
+            grid[(size_t)layer * t->n_heads + (size_t)head] = sqlite3_column_double(st, 2);
     }
     sqlite3_finalize(st);
+    for (int64_t layer = 0; layer < t->n_layers; layer++) {
+        if (layer > 0)
+            fputc('\n', fp);
+        for (int64_t head = 0; head < t->n_heads; head++) {
+            double v = grid[(size_t)layer * t->n_heads + (size_t)head];
+            fprintf(fp, "%lld\t%lld\t%.9g\t%.9g\n", (long long)layer, (long long)head, v,
+                    isnan(v) ? v : on_log_axis(v, zero_at));
+        }
+    }
+    free(grid);
     KVS_FORWARD(rpt_close(dat, rc == SQLITE_DONE ? KVS_OK
                                                   : kvs_fail(KVS_ERR_DB, "%s: query failed", ctx->db_path)));
 
