@@ -132,9 +132,15 @@ static kvs_status_e prepare_writes(kvs_db_t *db)
     size_t n;
 
     KVS_FORWARD(prepare(db, "SELECT 1 FROM units WHERE run_id = ? AND layer = ? AND kv_head = ?", &db->unit_done));
+    /* A file kept at an earlier version (tests build them) has no
+    ** stored_bytes_per_token column; the sixth parameter is then unused. */
     KVS_FORWARD(prepare(db,
-                        "INSERT INTO units (run_id, layer, kv_head, attend_seconds, attend_calls, committed_at) "
-                        "VALUES (?, ?, ?, ?, ?, " KVS_DB_NOW ")",
+                        db->version >= 3
+                            ? "INSERT INTO units (run_id, layer, kv_head, attend_seconds, attend_calls, "
+                              "stored_bytes_per_token, committed_at) "
+                              "VALUES (?, ?, ?, ?, ?, ?, " KVS_DB_NOW ")"
+                            : "INSERT INTO units (run_id, layer, kv_head, attend_seconds, attend_calls, "
+                              "committed_at) VALUES (?, ?, ?, ?, ?, " KVS_DB_NOW ")",
                         &db->insert_unit));
 
     n = (size_t)snprintf(sql, sizeof sql, "INSERT INTO metrics (run_id, layer, head, kv_head, n_steps");
@@ -587,7 +593,7 @@ static kvs_status_e insert_head(kvs_db_t *db, int64_t run_id, uint32_t layer, ui
 
 kvs_status_e kvs_db_commit_unit(kvs_db_t *db, int64_t run_id, uint32_t layer, uint32_t kv_head,
                                 const kvs_db_head_row_t *rows, uint32_t n_rows, double total_attend_seconds,
-                                uint32_t attend_calls)
+                                uint32_t attend_calls, double stored_bytes_per_token)
 {
     kvs_status_e rc;
 
@@ -607,6 +613,10 @@ kvs_status_e kvs_db_commit_unit(kvs_db_t *db, int64_t run_id, uint32_t layer, ui
         else
             sqlite3_bind_null(st, 4);
         sqlite3_bind_int64(st, 5, attend_calls);
+        if (db->version >= 3 && stored_bytes_per_token >= 0)
+            sqlite3_bind_double(st, 6, stored_bytes_per_token);
+        else if (db->version >= 3)
+            sqlite3_bind_null(st, 6);
         rc = step_done(db, st, "storing a unit");
     }
     for (uint32_t i = 0; rc == KVS_OK && i < n_rows; i++)

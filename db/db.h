@@ -78,10 +78,12 @@ typedef struct kvs_db_head_row {
 /* Commits a unit's head rows and its measured attention time in one
 ** transaction, retrying while another writer holds the lock.
 ** total_attend_seconds is the sum over the unit's attend_calls attention
-** calls; the units table stores the mean per call. */
+** calls; the units table stores the mean per call. stored_bytes_per_token
+** is the mean bytes per token the unit's instance held during its scored
+** steps, shared tables excluded; a negative value stores NULL. */
 kvs_status_e kvs_db_commit_unit(kvs_db_t *db, int64_t run_id, uint32_t layer, uint32_t kv_head,
                                 const kvs_db_head_row_t *rows, uint32_t n_rows, double total_attend_seconds,
-                                uint32_t attend_calls);
+                                uint32_t attend_calls, double stored_bytes_per_token);
 
 /* Marks the run finished ("done") or failed ("failed: message"). */
 kvs_status_e kvs_db_end_run(kvs_db_t *db, int64_t run_id, const char *status);

@@ -319,8 +319,10 @@ static kvs_status_e prepare_unit_statements(merge_state_t *m)
                         "AND y.kv_head = ?4)",
                         &m->count_diff));
     KVS_FORWARD(prepare(m,
-                        "INSERT INTO main.units (run_id, layer, kv_head, attend_seconds, attend_calls, committed_at) "
-                        "SELECT ?2, layer, kv_head, attend_seconds, attend_calls, committed_at FROM src.units "
+                        "INSERT INTO main.units (run_id, layer, kv_head, attend_seconds, attend_calls, "
+                        "stored_bytes_per_token, committed_at) "
+                        "SELECT ?2, layer, kv_head, attend_seconds, attend_calls, stored_bytes_per_token, "
+                        "committed_at FROM src.units "
                         "WHERE run_id = ?1 AND layer = ?3 AND kv_head = ?4",
                         &m->copy_unit));
 

@@ -14,7 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#define KVS_DB_VERSION 2
+#define KVS_DB_VERSION 3
 
 int kvs_db_schema_version(void)
 {
@@ -133,8 +133,13 @@ static const char migration_2[] =
     "  measured_at TEXT NOT NULL);"
     "CREATE INDEX timings_by_key ON timings(trace_id, kernel_spec, scope, host, context);";
 
+/* Version 3: the bytes per token a unit's kernel instances held during the
+** scored steps, measured from their own state (NULL in older units). */
+static const char migration_3[] =
+    "ALTER TABLE units ADD COLUMN stored_bytes_per_token REAL;";
+
 /* migrations[v - 1] brings a file from version v - 1 to v. */
-static const char *const migrations[KVS_DB_VERSION] = {migration_1, migration_2};
+static const char *const migrations[KVS_DB_VERSION] = {migration_1, migration_2, migration_3};
 
 /* ---- views ------------------------------------------------------------ */
 
@@ -172,6 +177,19 @@ static const view_def_t views[] = {
      "LEFT JOIN (SELECT run_id, COUNT(*) AS n_units,"
      "    SUM(attend_seconds * attend_calls) / NULLIF(SUM(attend_calls), 0) AS mean_attend_seconds"
      "  FROM units GROUP BY run_id) u ON u.run_id = r.id"},
+
+    /* Measured storage of each run: the mean over its units of the bytes per
+    ** token its instances held during the scored steps, scaled to every
+    ** layer and KV head of the trace. Unlike runs.bytes_per_token it counts
+    ** full-precision windows as they were when the error was measured. */
+    {"measured_storage", 3,
+     "CREATE VIEW measured_storage AS "
+     "SELECT r.id AS run_id, r.trace_id AS trace_id, r.kernel_spec AS kernel,"
+     "  r.bytes_per_token AS bytes_per_token,"
+     "  AVG(u.stored_bytes_per_token) * t.n_layers * t.n_kv_heads AS measured_bytes_per_token,"
+     "  COUNT(u.stored_bytes_per_token) AS n_units "
+     "FROM runs r JOIN traces t ON t.id = r.trace_id JOIN units u ON u.run_id = r.id "
+     "GROUP BY r.id"},
 
     /* A run is on the front of its trace when no other finished run of that
     ** trace is at least as good on both axes and better on one. */

@@ -451,27 +451,6 @@ static void cost_add(kvs_kernel_cost_t *out, const kvs_part_cost_t *c)
     out->flops += c->flops;
 }
 
-/* Adds a codec's cost: stored bytes for the resident positions, reads and
-** operations for the attended ones. */
-static void codec_cost(const kvs_codec_i *codec, const kvs_params_t *params,
-                       const kvs_kernel_dims_t *dims, unsigned role, uint64_t resident,
-                       uint64_t attended, double share, kvs_kernel_cost_t *out)
-{
-    kvs_part_cost_t c;
-
-    memset(&c, 0, sizeof c);
-    codec->cost(params, dims, role, resident, &c);
-    c.bytes_per_token *= share;
-    if (attended != resident) {
-        kvs_part_cost_t r;
-        memset(&r, 0, sizeof r);
-        codec->cost(params, dims, role, attended, &r);
-        c.read_bytes = r.read_bytes;
-        c.flops = r.flops;
-    }
-    cost_add(out, &c);
-}
-
 const char *kvs_kernel_spec_execution(const kvs_kernel_spec_t *spec)
 {
     int dense = !strcmp(spec->key.codec->family, "dense") && !strcmp(spec->value.codec->family, "dense");
@@ -486,6 +465,33 @@ const char *kvs_kernel_spec_execution(const kvs_kernel_spec_t *spec)
 int kvs_kernel_spec_observes(const kvs_kernel_spec_t *spec)
 {
     return spec->policy && spec->policy->observe;
+}
+
+/* Adds a codec's cost under a selection policy. The codec is priced at the
+** full context, as its instance holds every position, and its figures are
+** scaled by the share of positions kept (storage) and attended (reads and
+** operations), as kvs_kernel_stored_bytes scales the instance's count. */
+static void codec_cost(const kvs_codec_i *codec, const kvs_params_t *params,
+                       const kvs_kernel_dims_t *dims, unsigned role, uint64_t n_context,
+                       double kept_share, double attended_share, kvs_kernel_cost_t *out)
+{
+    kvs_part_cost_t c;
+
+    memset(&c, 0, sizeof c);
+    codec->cost(params, dims, role, n_context, &c);
+    if (kept_share < 1.0) {
+        uint64_t shared = c.shared_bytes;
+        c.bytes_per_token *= kept_share;
+        c.stored_bytes = shared + (uint64_t)((double)(c.stored_bytes - shared) * kept_share + 0.5);
+        /* NOTE: this also scales the write of the new position, which a
+        ** real cache makes in full; it is one position's bytes. */
+        c.written_bytes = (uint64_t)((double)c.written_bytes * kept_share + 0.5);
+    }
+    if (attended_share < 1.0) {
+        c.read_bytes = (uint64_t)((double)c.read_bytes * attended_share + 0.5);
+        c.flops *= attended_share;
+    }
+    cost_add(out, &c);
 }
 
 kvs_status_e kvs_kernel_spec_cost(const kvs_kernel_spec_t *spec, const kvs_kernel_dims_t *dims,
@@ -508,11 +514,11 @@ kvs_status_e kvs_kernel_spec_cost(const kvs_kernel_spec_t *spec, const kvs_kerne
     /* A policy that keeps a share of the context stores that share of the
     ** codec's bytes for each token of context, so bytes per token compare
     ** with compression kernels at the same context length. */
-    double share = n_context ? (double)resident / (double)n_context : 1.0;
-    codec_cost(spec->key.codec, &spec->key.params, dims, KVS_CODEC_KEY, resident, attended, share,
+    double kept = n_context ? (double)resident / (double)n_context : 1.0;
+    double read = n_context ? (double)attended / (double)n_context : 1.0;
+    codec_cost(spec->key.codec, &spec->key.params, dims, KVS_CODEC_KEY, n_context, kept, read, out);
+    codec_cost(spec->value.codec, &spec->value.params, dims, KVS_CODEC_VALUE, n_context, kept, read,
                out);
-    codec_cost(spec->value.codec, &spec->value.params, dims, KVS_CODEC_VALUE, resident, attended,
-               share, out);
 
     /* Scaling by 1/sqrt(d) and the softmax: about five operations per
     ** logit. */
@@ -530,6 +536,7 @@ struct kvs_kernel {
     uint8_t *keep;     /* (cap): 1 while a position is resident */
     uint8_t *attend;   /* (cap): this step's attended positions */
     float scale;       /* 1/sqrt(d) */
+    uint64_t codec_shared;  /* rotation and codebook tables in the codecs */
 };
 
 kvs_status_e kvs_kernel_create(const kvs_kernel_spec_t *spec, const kvs_kernel_dims_t *dims,
@@ -545,6 +552,16 @@ kvs_status_e kvs_kernel_create(const kvs_kernel_spec_t *spec, const kvs_kernel_d
     k->spec = spec;
     k->dims = *dims;
     k->scale = 1.0f / sqrtf((float)dims->head_dim);
+
+    /* Shared tables do not depend on the context, so a one-position cost
+    ** gives them. */
+    kvs_part_cost_t part;
+    memset(&part, 0, sizeof part);
+    spec->key.codec->cost(&spec->key.params, dims, KVS_CODEC_KEY, 1, &part);
+    k->codec_shared = part.shared_bytes;
+    memset(&part, 0, sizeof part);
+    spec->value.codec->cost(&spec->value.params, dims, KVS_CODEC_VALUE, 1, &part);
+    k->codec_shared += part.shared_bytes;
 
     rc = spec->key.codec->create(&spec->key.params, dims, &k->key_state);
     if (rc == KVS_OK)
@@ -706,9 +723,11 @@ uint64_t kvs_kernel_stored_bytes(const kvs_kernel_t *k)
             resident += k->keep[t];
         /* NOTE: codecs keep evicted positions in memory because the
         ** simulator never frees codec rows. A real cache frees them, so the
-        ** resident share is reported. */
+        ** resident share of the per-position bytes is reported, with shared
+        ** tables counted whole. */
+        uint64_t shared = codec < k->codec_shared ? codec : k->codec_shared;
         if (k->n)
-            codec = (uint64_t)((double)codec * (double)resident / (double)k->n + 0.5);
+            codec = shared + (uint64_t)((double)(codec - shared) * (double)resident / (double)k->n + 0.5);
         policy = k->spec->policy->stored_bytes(k->policy_state);
     }
     return codec + policy;

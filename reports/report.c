@@ -180,7 +180,9 @@ static kvs_status_e load_runs(rpt_ctx_t *ctx, rpt_trace_t *t)
                            "k.bytes_per_token, k.stored_bytes, k.read_bytes_per_step, k.cost_context, "
                            "k.output_rel_error, k.logit_rmse, k.kl, k.top1_agreement, k.top8_agreement, "
                            "k.mean_attend_seconds, k.n_units, r.code_version, r.host, r.started_at, r.finished_at, "
-                           "r.threads, k.mass_kept, k.recall8, r.params_json FROM kernel_summary k JOIN runs r ON r.id = k.run_id WHERE k.trace_id = ? "
+                           "r.threads, k.mass_kept, k.recall8, r.params_json, ms.measured_bytes_per_token "
+                           "FROM kernel_summary k JOIN runs r ON r.id = k.run_id "
+                           "LEFT JOIN measured_storage ms ON ms.run_id = k.run_id WHERE k.trace_id = ? "
                            "ORDER BY k.bytes_per_token DESC, k.kernel, k.run_id",
                            -1, &st, NULL) != SQLITE_OK)
         return kvs_fail(KVS_ERR_DB, "%s: reading kernel_summary failed: %s", ctx->db_path,
@@ -208,6 +210,7 @@ static kvs_status_e load_runs(rpt_ctx_t *ctx, rpt_trace_t *t)
         r->stored_bytes = sqlite3_column_int64(st, 7);
         r->read_bytes_per_step = sqlite3_column_int64(st, 8);
         r->cost_context = sqlite3_column_int64(st, 9);
+        r->measured_bytes_per_token = double_column(st, 25);
         r->output_rel_error = double_column(st, 10);
         r->logit_rmse = double_column(st, 11);
         r->kl = double_column(st, 12);

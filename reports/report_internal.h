@@ -42,6 +42,7 @@ typedef struct rpt_run {
     int on_front;           /* not dominated among the trace's done runs */
     double bytes_per_token;
     int64_t stored_bytes;
+    double measured_bytes_per_token;  /* NAN when the units predate it */
     int64_t read_bytes_per_step;
     int64_t cost_context;
     double output_rel_error;   /* NAN when the run has no metrics */

@@ -107,13 +107,12 @@ static kvs_status_e summary_table(const rpt_trace_t *t, rpt_table_t *tb)
                "eviction is 1 - mass kept. Recall@8: fraction of the exact top-8 positions the kernel attended. "
                "Bytes are whole-model figures, K and V. Bytes/token is the kernel's steady-state rate, with "
                "full-precision windows (such as KIVI's recent tokens or quanto's residual buffer) excluded. "
-               "Stored bytes/token at context is stored bytes divided by the run's cost context, for the state "
-               "after a prefill of that many tokens, with whatever window that state holds (KIVI's windows "
-               "hold their recent tokens, quanto's residual is empty right after a prefill), so compare kernels "
-               "at short contexts on it. Attention time is "
+               "Measured bytes/token is what the kernel's caches held per position while the error was "
+               "measured, windows included, averaged over the scored steps; compare kernels on short traces "
+               "on it. Attention time is "
                "the replayer's mean per (layer, KV head) unit and call, one thread. Pareto: not beaten on both "
                "bytes per token and output error by another finished run.",
-               15, "kernel", "family", "execution", "bytes/token", "stored bytes/token at context", "read/step",
+               15, "kernel", "family", "execution", "bytes/token", "measured bytes/token", "read/step",
                "output rel. error", "logit RMSE", "KL (nats)", "mass kept", "recall@8", "top-1", "top-8",
                "attend time/unit", "status");
     tb->n_text_cols = 3;
@@ -123,11 +122,7 @@ static kvs_status_e summary_table(const rpt_trace_t *t, rpt_table_t *tb)
         char top1[32], top8[32], att[32];
         snprintf(kernel, sizeof kernel, "%s%s", r->label, r->on_front ? " (Pareto)" : "");
         snprintf(bpt, sizeof bpt, "%.1f", r->bytes_per_token);
-        if (r->cost_context > 0)
-            snprintf(at_context, sizeof at_context, "%.1f (%lld tokens)",
-                     (double)r->stored_bytes / (double)r->cost_context, (long long)r->cost_context);
-        else
-            snprintf(at_context, sizeof at_context, "-");
+        format_number(at_context, sizeof at_context, r->measured_bytes_per_token, "%.1f");
         rpt_format_bytes(read, sizeof read, (double)r->read_bytes_per_step);
         format_number(err, sizeof err, r->output_rel_error, "%.4g");
         format_number(rmse, sizeof rmse, r->logit_rmse, "%.4g");

@@ -389,7 +389,8 @@ static void commit_unit(replay_t *r, const unit_t *u, const kvs_unit_result_t *r
 {
     run_slot_t *run = &r->runs[u->run];
     kvs_status_e rc = kvs_db_commit_unit(r->db, run->run_id, u->layer, u->kv_head, res->rows,
-                                         res->group, res->attend_seconds, res->attend_calls);
+                                         res->group, res->attend_seconds, res->attend_calls,
+                                         res->stored_bytes_per_token);
 
     if (rc != KVS_OK) {
         record_failure(r, rc);

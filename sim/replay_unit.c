@@ -134,6 +134,8 @@ static kvs_status_e check_output(const float *x, size_t n, const char *what, uin
 typedef struct stream_kernel {
     const kvs_kernel_spec_t *spec;
     kvs_kernel_t *kernel;
+    uint64_t shared_bytes;    /* rotation and codebook tables in the instance */
+    double stored_sum;        /* sum over scored steps of bytes per position */
     kvs_metrics_acc_t *acc[64];
     kvs_unit_result_t *res;
 } stream_kernel_t;
@@ -151,6 +153,10 @@ static kvs_status_e score_position(stream_kernel_t *sk, unit_data_t *u, uint32_t
     KVS_FORWARD(kvs_kernel_attend(sk->kernel, q, &out));
     sk->res->attend_seconds += now_seconds() - start;
     sk->res->attend_calls++;
+
+    /* What the cache holds at this step, per position, windows included. */
+    uint64_t held = kvs_kernel_stored_bytes(sk->kernel);
+    sk->stored_sum += (double)(held > sk->shared_bytes ? held - sk->shared_bytes : 0) / len;
     KVS_FORWARD(check_output(u->weights, (size_t)group * len, "attention weight", t));
     KVS_FORWARD(check_output(u->out, (size_t)group * d, "output", t));
 
@@ -285,6 +291,10 @@ kvs_status_e kvs_replay_stream(const kvs_replay_trace_t *rt, const kvs_kernel_sp
             if (!sks[i].acc[g])
                 rc = kvs_fail(KVS_ERR_NOMEM, "out of memory for metrics");
         }
+        kvs_kernel_cost_t cost;
+        if (rc == KVS_OK)
+            rc = kvs_kernel_spec_cost(specs[i], &dims, rt->n_tokens, &cost);
+        sks[i].shared_bytes = rc == KVS_OK ? cost.shared_bytes : 0;
         if (rc == KVS_OK)
             rc = kvs_kernel_create(specs[i], &dims, &sks[i].kernel);
     }
@@ -294,8 +304,11 @@ kvs_status_e kvs_replay_stream(const kvs_replay_trace_t *rt, const kvs_kernel_sp
         rc = kvs_kernel_create(reference_spec, &dims, &reference);
     if (rc == KVS_OK)
         rc = run_stream(rt, sks, n_kernels, reference, eval_mask, &u);
-    for (uint32_t i = 0; rc == KVS_OK && i < n_kernels; i++)
+    for (uint32_t i = 0; rc == KVS_OK && i < n_kernels; i++) {
         rc = collect(sks[i].acc, group, kv_head * group, &results[i]);
+        results[i].stored_bytes_per_token =
+            results[i].attend_calls ? sks[i].stored_sum / results[i].attend_calls : -1;
+    }
     if (rc != KVS_OK)
         kvs_error_prefix("%s, layer %u, KV head %u", rt->path, layer, kv_head);
 

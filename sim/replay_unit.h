@@ -40,6 +40,9 @@ typedef struct kvs_unit_result {
     kvs_db_head_row_t rows[64];
     double attend_seconds;
     uint32_t attend_calls;
+    double stored_bytes_per_token;  /* mean over scored steps of the bytes
+                                       the instance held per position,
+                                       shared tables excluded */
     /* Storage behind rows[].bucket_* */
     uint32_t *bucket_steps;
     double *bucket_out;

@@ -328,19 +328,19 @@ START_TEST(commit_is_atomic)
     fx_metrics(0, 0, 1, 0, &rows[1].metrics);
     rows[0].head = 0;
     rows[1].head = 0;
-    ck_assert_int_ne(kvs_db_commit_unit(db, run, 0, 0, rows, 2, 1e-5, 10), KVS_OK);
+    ck_assert_int_ne(kvs_db_commit_unit(db, run, 0, 0, rows, 2, 1e-5, 10, 64.0), KVS_OK);
     ck_assert_int_eq(kvs_db_unit_done(db, run, 0, 0, &done), KVS_OK);
     ck_assert_int_eq(done, 0);
 
     /* A row claiming buckets without data is rejected before writing. */
     rows[1].head = 1;
     rows[1].n_buckets = 3;
-    ck_assert_int_eq(kvs_db_commit_unit(db, run, 0, 0, rows, 2, 1e-5, 10), KVS_ERR_INVALID);
+    ck_assert_int_eq(kvs_db_commit_unit(db, run, 0, 0, rows, 2, 1e-5, 10, 64.0), KVS_ERR_INVALID);
     rows[1].n_buckets = 0;
-    ck_assert_int_eq(kvs_db_commit_unit(db, run, 0, 0, rows, 2, 1e-5, 10), KVS_OK);
+    ck_assert_int_eq(kvs_db_commit_unit(db, run, 0, 0, rows, 2, 1e-5, 10, 64.0), KVS_OK);
 
     /* A unit without attention calls has no mean time. */
-    ck_assert_int_eq(kvs_db_commit_unit(db, run, 1, 0, rows, 2, 0.0, 0), KVS_OK);
+    ck_assert_int_eq(kvs_db_commit_unit(db, run, 1, 0, rows, 2, 0.0, 0, -1), KVS_OK);
     kvs_db_close(db);
 
     sqlite3 *conn = raw_open(path);

@@ -29,7 +29,7 @@ INSERT INTO runs (id, trace_id, kernel_spec, params_json, family, compressed_exe
   VALUES (1, 1, 'dense:dtype=bf16', '{}', 'dense', 0, 'decode', 't', 'h', 1, 0, 'a', 'b', 'done', 80, 256, 20480, 20480),
          (2, 1, 'quanto:bits=4', '{}', 'quantized', 0, 'decode', 't', 'h', 1, 0, 'a', 'b', 'done', 80, 72, 5760, 26240),
          (3, 1, 'kivi:bits=2', '{}', 'quantized', 1, 'decode', 't', 'h', 1, 0, 'a', NULL, 'running', 80, 40, 3200, 3200);
-INSERT INTO units VALUES (1, 0, 0, 1e-5, 70, 'c'), (2, 0, 0, 2e-5, 70, 'c');
+INSERT INTO units VALUES (1, 0, 0, 1e-5, 70, 'c', 640.0), (2, 0, 0, 2e-5, 70, 'c', 330.0);
 INSERT INTO metrics (run_id, layer, head, kv_head, n_steps, logit_rmse, kl, top1, top8, out_rel_l2)
   VALUES (1, 0, 0, 0, 70, 0.01, 1e-6, 1.0, 1.0, 0.002), (1, 0, 1, 0, 70, 0.01, 1e-6, 1.0, 1.0, 0.004),
          (2, 0, 0, 0, 70, 0.2, 1e-3, 0.9, 0.95, 0.03), (2, 0, 1, 0, 70, 0.2, 1e-3, 0.9, 0.95, 0.05);

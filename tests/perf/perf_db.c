@@ -109,7 +109,7 @@ static int write_runs(const char *path, int first, int n)
                     rows[g].bucket_out_rel_l2 = out_err[g];
                     rows[g].bucket_logit_rmse = logit_err[g];
                 }
-                if (kvs_db_commit_unit(db, run, layer, kv, rows, GROUP, 2048 * 1e-5, 2048) != KVS_OK)
+                if (kvs_db_commit_unit(db, run, layer, kv, rows, GROUP, 2048 * 1e-5, 2048, 64.0) != KVS_OK)
                     die("kvs_db_commit_unit");
                 units++;
             }
