@@ -87,7 +87,7 @@ static const uint32_t demo_bench_kernels[] = {1, 3, 4, 6, 5};
 #define N_DEMO_BENCH (sizeof demo_bench_kernels / sizeof demo_bench_kernels[0])
 
 /* Writes the demo's specs for a model with the given head_dim into specs,
-** which holds N_DEMO_KERNELS malloc'd strings afterwards. */
+** which then contains N_DEMO_KERNELS malloc'd strings. */
 static kvs_status_e demo_specs(uint32_t head_dim, char **specs)
 {
     for (size_t i = 0; i < N_DEMO_KERNELS; i++) {
