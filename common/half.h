@@ -3,8 +3,9 @@
 ** binary16 (F16) and bfloat16 (BF16).
 **
 ** F32 to 16 bits rounds to nearest, ties to even (IEEE 754
-** roundTiesToEven). Values beyond a format's range become infinity, NaN stays a quiet NaN
-** with its sign, and F16 keeps subnormals. The other direction is exact.
+** roundTiesToEven). Values beyond a format's range become infinity, NaN
+** stays a quiet NaN with its sign, and F16 keeps subnormals. The other
+** direction is exact.
 */
 #ifndef KVS_HALF_H
 #define KVS_HALF_H
