@@ -41,4 +41,11 @@ kvs_status_e kvs_cli_parse_u64(const char *option, const char *text, uint64_t *o
 kvs_status_e kvs_cli_parse_float(const char *option, const char *text, double min, double max,
                                  double *out);
 
+/* Reads kernel specs from a file, one per line, skipping blank lines and
+** '#' comments, and parses each so that an error names the file and line.
+** Appends malloc'd copies to *specs (grown with realloc) and counts them in
+** *n; free each string and the array. Fails with KVS_ERR_USAGE when the
+** file lists no spec. */
+kvs_status_e kvs_cli_read_kernels_file(const char *path, char ***specs, uint32_t *n);
+
 #endif

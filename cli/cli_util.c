@@ -1,11 +1,15 @@
 /* cli_util.c: error printing and strict number parsing for subcommands. */
 #include "cli.h"
 
+#include "common/fsutil.h"
+#include "kernels/kernel.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 int kvs_cli_report_error(const char *cmd, kvs_status_e status)
 {
@@ -66,4 +70,55 @@ kvs_status_e kvs_cli_parse_float(const char *option, const char *text, double mi
                   min, max, text);
     *out = v;
     return KVS_OK;
+}
+
+kvs_status_e kvs_cli_read_kernels_file(const char *path, char ***specs, uint32_t *n)
+{
+    char *data, *line, *next;
+    uint32_t line_no = 0, found = 0;
+    kvs_status_e rc = KVS_OK;
+
+    KVS_FORWARD(kvs_read_file(path, &data, NULL));
+    for (line = data; line && rc == KVS_OK; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        line_no++;
+
+        char *hash = strchr(line, '#');
+        if (hash)
+            *hash = '\0';
+        while (*line == ' ' || *line == '\t' || *line == '\r')
+            line++;
+        size_t len = strlen(line);
+        while (len && (line[len - 1] == ' ' || line[len - 1] == '\t' || line[len - 1] == '\r'))
+            line[--len] = '\0';
+        if (len == 0)
+            continue;
+
+        kvs_kernel_spec_t *spec;
+        rc = kvs_kernel_spec_parse(line, &spec);
+        if (rc != KVS_OK) {
+            kvs_error_prefix("%s:%u: '%s'", path, line_no, line);
+            break;
+        }
+        kvs_kernel_spec_free(spec);
+
+        char **grown = realloc(*specs, (*n + 1) * sizeof *grown);
+        char *copy = strdup(line);
+        if (!grown || !copy) {
+            free(copy);
+            if (grown)
+                *specs = grown;
+            rc = kvs_fail(KVS_ERR_NOMEM, "out of memory reading %s", path);
+            break;
+        }
+        *specs = grown;
+        (*specs)[(*n)++] = copy;
+        found++;
+    }
+    free(data);
+    if (rc == KVS_OK && found == 0)
+        rc = kvs_fail(KVS_ERR_USAGE, "--kernels-file %s lists no kernel spec", path);
+    return rc;
 }

@@ -29,7 +29,8 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: kvsim bench --trace FILE --kernel SPEC [--kernel SPEC ...]\n"
             "                   [--context N,N,...] [--repeats N] [--model-repeats N]\n"
-            "                   [--layer L] [--kv-head H] [--no-model] [--json] [--db DB]\n\n"
+            "                   [--layer L] [--kv-head H] [--no-model] [--json] [--db DB]\n"
+            "                   [--kernels-file FILE]\n\n"
             "Times each kernel on trace data, on one thread: for one (layer, KV head)\n"
             "stream, the attention step (median of --repeats calls, warm cache) and the\n"
             "append of one position (median and mean of %d appends, so periodic\n"
@@ -47,6 +48,7 @@ static void usage(FILE *out)
             "  --kv-head H         KV head of the single stream (default 0)\n"
             "  --no-model          skip the whole-model step\n"
             "  --json              print a JSON array, one object per kernel and context\n"
+            "  --kernels-file F    kernel specs, one per line; '#' starts a comment\n"
             "  --db DB             also store every timing in the results database DB\n"
             "                      (table timings), where kvsim report plots it\n",
             APPEND_SAMPLES);
@@ -62,6 +64,8 @@ typedef struct bench_opts {
     uint32_t layer, kv_head;
     int model, json;
     const char *db_path;      /* NULL: print only */
+    char **file_specs;        /* read from --kernels-file, owned */
+    uint32_t n_file_specs;
 } bench_opts_t;
 
 typedef struct bench_result {
@@ -347,7 +351,8 @@ static int parse_args(int argc, char **argv, bench_opts_t *o, int *done)
         int takes_value = !strcmp(a, "--trace") || !strcmp(a, "--kernel") ||
                           !strcmp(a, "--context") || !strcmp(a, "--repeats") ||
                           !strcmp(a, "--model-repeats") || !strcmp(a, "--layer") ||
-                          !strcmp(a, "--kv-head") || !strcmp(a, "--db");
+                          !strcmp(a, "--kv-head") || !strcmp(a, "--db") ||
+                          !strcmp(a, "--kernels-file");
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             *done = 1;
@@ -362,6 +367,14 @@ static int parse_args(int argc, char **argv, bench_opts_t *o, int *done)
             o->trace_path = argv[++i];
         } else if (!strcmp(a, "--db")) {
             o->db_path = argv[++i];
+        } else if (!strcmp(a, "--kernels-file")) {
+            uint32_t before = o->n_file_specs;
+            rc = kvs_cli_read_kernels_file(argv[++i], &o->file_specs, &o->n_file_specs);
+            for (uint32_t f = before; rc == KVS_OK && f < o->n_file_specs; f++) {
+                if (o->n_kernels == MAX_KERNELS)
+                    return kvs_cli_usage_error(cmd, "at most %d kernels", MAX_KERNELS);
+                o->kernels[o->n_kernels++] = o->file_specs[f];
+            }
         } else if (!strcmp(a, "--kernel")) {
             if (o->n_kernels == MAX_KERNELS)
                 return kvs_cli_usage_error(cmd, "at most %d --kernel options", MAX_KERNELS);
@@ -385,7 +398,7 @@ static int parse_args(int argc, char **argv, bench_opts_t *o, int *done)
     if (!o->trace_path)
         return kvs_cli_usage_error(cmd, "--trace FILE is required");
     if (o->n_kernels == 0)
-        return kvs_cli_usage_error(cmd, "give at least one --kernel SPEC");
+        return kvs_cli_usage_error(cmd, "give at least one --kernel SPEC or --kernels-file FILE");
     return KVS_EXIT_OK;
 }
 
@@ -422,8 +435,12 @@ int kvs_cmd_bench(int argc, char **argv)
     int64_t trace_id = 0;
     kvs_status_e rc = KVS_OK;
 
-    if (status != KVS_EXIT_OK || done)
+    if (status != KVS_EXIT_OK || done) {
+        for (uint32_t f = 0; f < o.n_file_specs; f++)
+            free(o.file_specs[f]);
+        free(o.file_specs);
         return status;
+    }
     for (uint32_t k = 0; k < o.n_kernels && rc == KVS_OK; k++)
         rc = kvs_kernel_spec_parse(o.kernels[k], &specs[k]);
     if (rc == KVS_OK)
@@ -537,6 +554,9 @@ int kvs_cmd_bench(int argc, char **argv)
     kvs_trace_close(t);
     for (uint32_t k = 0; k < o.n_kernels; k++)
         kvs_kernel_spec_free(specs[k]);
+    for (uint32_t f = 0; f < o.n_file_specs; f++)
+        free(o.file_specs[f]);
+    free(o.file_specs);
     if (rc != KVS_OK)
         return kvs_cli_report_error(cmd, rc);
     return fflush(stdout) == 0 ? KVS_EXIT_OK : KVS_EXIT_ERROR;

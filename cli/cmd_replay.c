@@ -59,47 +59,20 @@ static void list_free(string_list_t *l)
     free(l->items);
 }
 
-/* Reads specs from a file: one per line, blank lines and '#' comments
-** skipped, surrounding whitespace trimmed. Each spec is parsed here so that
-** an error names the file and line. */
+/* Appends the specs of a --kernels-file to the list. */
 static kvs_status_e read_kernels_file(const char *path, string_list_t *out)
 {
-    char *data, *line, *next;
-    uint32_t line_no = 0;
+    char **specs = NULL;
+    uint32_t n = 0;
+    kvs_status_e rc = kvs_cli_read_kernels_file(path, &specs, &n);
 
-    KVS_FORWARD(kvs_read_file(path, &data, NULL));
-    for (line = data; line; line = next) {
-        next = strchr(line, '\n');
-        if (next)
-            *next++ = '\0';
-        line_no++;
-        char *hash = strchr(line, '#');
-        if (hash)
-            *hash = '\0';
-        while (*line == ' ' || *line == '\t' || *line == '\r')
-            line++;
-        size_t len = strlen(line);
-        while (len && (line[len - 1] == ' ' || line[len - 1] == '\t' || line[len - 1] == '\r'))
-            line[--len] = '\0';
-        if (len == 0)
-            continue;
-
-        kvs_kernel_spec_t *spec;
-        kvs_status_e rc = kvs_kernel_spec_parse(line, &spec);
-        kvs_kernel_spec_free(rc == KVS_OK ? spec : NULL);
-        if (rc != KVS_OK) {
-            kvs_error_prefix("%s:%u: '%s'", path, line_no, line);
-            free(data);
-            return rc;
-        }
-        if (list_push(out, line) != 0) {
-            free(data);
-            return kvs_fail(KVS_ERR_NOMEM, "out of memory");
-        }
+    for (uint32_t i = 0; i < n; i++) {
+        if (rc == KVS_OK && list_push(out, specs[i]) != 0)
+            rc = kvs_fail(KVS_ERR_NOMEM, "out of memory");
+        free(specs[i]);
     }
-    free(data);
-    KVS_RETURN_IF(out->n == 0, KVS_ERR_USAGE, "--kernels-file %s lists no kernel spec", path);
-    return KVS_OK;
+    free(specs);
+    return rc;
 }
 
 static kvs_status_e parse_shard(const char *text, uint32_t *k, uint32_t *n)

@@ -42,4 +42,20 @@ expect_status 2 "$KVSIM" bench --trace "$tmp/s.kvt" --kernel dense --context 0
 expect_status 1 "$KVSIM" bench --trace "$tmp/missing.kvt" --kernel dense
 expect_status 1 "$KVSIM" bench --trace "$tmp/s.kvt" --kernel quanto:group=48
 expect_status 2 "$KVSIM" bench --trace "$tmp/s.kvt" --kernel dense --layer 99
+# --kernels-file: comments skipped, each spec timed, a bad line named with
+# its file and line number; --db stores the timings.
+printf '# two kernels\ndense:dtype=bf16\n\nquanto:bits=4,group=8  # storage-only\n' >"$tmp/k.txt"
+out=$("$KVSIM" bench --trace "$tmp/s.kvt" --kernels-file "$tmp/k.txt" --context 40 --repeats 2 \
+  --model-repeats 1 --db "$tmp/b.db")
+grep -q '^dense:dtype=bf16 ' <<<"$out" || fail "kernels-file: dense row missing: $out"
+grep -q '^quanto:bits=4,group=8 ' <<<"$out" || fail "kernels-file: quanto row missing: $out"
+n=$(sqlite3 "$tmp/b.db" "SELECT count(*) FROM timings WHERE context = 40")
+[ "$n" -eq 4 ] || fail "expected 4 timing rows (2 kernels x head and model), got $n"
+printf 'dense\nquanto:bits=5\n' >"$tmp/bad.txt"
+set +e
+"$KVSIM" bench --trace "$tmp/s.kvt" --kernels-file "$tmp/bad.txt" 2>"$tmp/err"
+rc=$?
+set -e
+[ "$rc" -eq 1 ] || fail "bad kernels-file line exited $rc, expected 1"
+grep -q "bad.txt:2" "$tmp/err" || fail "error does not name bad.txt:2: $(cat "$tmp/err")"
 echo "bench.sh: ok"
