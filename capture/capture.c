@@ -218,14 +218,6 @@ static char *metadata_text(const run_info_t *info)
     return text;
 }
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static int is_eos(const kvs_model_config_t *c, int32_t token)
 {
     for (uint32_t i = 0; i < c->n_eos; i++)
@@ -308,10 +300,10 @@ static kvs_status_e run(const kvs_capture_opts_t *o, capture_state_t *s, kvs_cap
     rec.kv_width = c->n_kv_heads * c->head_dim;
     kvs_forward_set_observer(s->fwd, record_rows, &rec);
 
-    double t0 = now_seconds();
+    double t0 = kvs_now_seconds();
     KVS_FORWARD(kvs_forward_run(s->fwd, o->prompt_ids, o->n_prompt,
                                 o->max_new_tokens ? s->logits : NULL));
-    double t1 = now_seconds();
+    double t1 = kvs_now_seconds();
 
     /* Each sampled token is fed back, so its own q/k/v are recorded. The
     ** output head is skipped after the last token because nothing is
@@ -326,7 +318,7 @@ static kvs_status_e run(const kvs_capture_opts_t *o, capture_state_t *s, kvs_cap
         int more = n_gen < o->max_new_tokens && !stopped;
         KVS_FORWARD(kvs_forward_run(s->fwd, &tok, 1, more ? s->logits : NULL));
     }
-    double t2 = now_seconds();
+    double t2 = kvs_now_seconds();
 
     info.generated = s->generated;
     info.n_generated = n_gen;

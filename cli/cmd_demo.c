@@ -274,13 +274,6 @@ static void remove_db(const char *db_path)
     unlink(path);
 }
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* Times the bench kernels at two context lengths, the trace's length and a
 ** quarter of it, and stores the timings in the database. */
 static kvs_status_e run_bench(const demo_opts_t *o, char **specs, const char *trace_path,
@@ -355,7 +348,7 @@ static kvs_status_e run_demo(const demo_opts_t *o)
                                      "context of %u positions", n_prompt, new_tokens, context);
 
     /* Stage 1: capture. */
-    t0 = now_seconds();
+    t0 = kvs_now_seconds();
     if (rc == KVS_OK) {
         kvs_capture_opts_t copts = {
             .model_dir = model_dir, .prompt_ids = ids, .n_prompt = n_prompt,
@@ -371,7 +364,7 @@ static kvs_status_e run_demo(const demo_opts_t *o)
     }
 
     /* Stage 2: replay into a fresh database. */
-    t1 = now_seconds();
+    t1 = kvs_now_seconds();
     if (rc == KVS_OK) {
         const char *traces[1] = {trace_path};
         kvs_replay_opts_t ropts = {
@@ -384,17 +377,17 @@ static kvs_status_e run_demo(const demo_opts_t *o)
     }
 
     /* Stage 3: time the write-up's backends. */
-    t2 = now_seconds();
+    t2 = kvs_now_seconds();
     if (rc == KVS_OK)
         rc = run_bench(o, specs, trace_path, db_path, n_prompt + new_tokens);
 
     /* Stage 4: report. */
-    double t_report = now_seconds();
+    double t_report = kvs_now_seconds();
     if (rc == KVS_OK) {
         kvs_report_opts_t rep = {0};
         rc = kvs_report_write(db_path, report_dir, &rep);
     }
-    t3 = now_seconds();
+    t3 = kvs_now_seconds();
 
     if (rc == KVS_OK) {
         printf("model:   %s%s\n", model_dir, synthetic ? " (SYNTHETIC: random weights)" : "");

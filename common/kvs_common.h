@@ -118,6 +118,9 @@ void kvs_log_write(int level, const char *fmt, ...) __attribute__((format(printf
             kvs_log_write((level), __VA_ARGS__);                             \
     } while (0)
 
+/* Seconds on the monotonic clock, for measuring elapsed wall time. */
+double kvs_now_seconds(void);
+
 /* Version string of this build ("0.1.0" plus the git commit when known). */
 const char *kvs_version(void);
 

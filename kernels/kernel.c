@@ -456,10 +456,11 @@ const char *kvs_kernel_spec_execution(const kvs_kernel_spec_t *spec)
     int dense = !strcmp(spec->key.codec->family, "dense") && !strcmp(spec->value.codec->family, "dense");
     int compressed = kvs_kernel_spec_compressed_exec(spec);
 
-    if (spec->policy)
-        return dense ? "dense + selection" : compressed ? "compressed + selection"
-                                                        : "storage-only + selection";
-    return dense ? "dense" : compressed ? "compressed" : "storage-only";
+    if (dense)
+        return spec->policy ? "dense + selection" : "dense";
+    if (compressed)
+        return spec->policy ? "compressed + selection" : "compressed";
+    return spec->policy ? "storage-only + selection" : "storage-only";
 }
 
 int kvs_kernel_spec_observes(const kvs_kernel_spec_t *spec)
@@ -468,9 +469,10 @@ int kvs_kernel_spec_observes(const kvs_kernel_spec_t *spec)
 }
 
 /* Adds a codec's cost under a selection policy. The codec is priced at the
-** full context, as its instance holds every position, and its figures are
-** scaled by the share of positions kept (storage) and attended (reads and
-** operations), as kvs_kernel_stored_bytes scales the instance's count. */
+** full context because its instance stores every position. Its storage is
+** then scaled by the share of positions kept, and its reads and operations
+** by the share attended, as kvs_kernel_stored_bytes scales the instance's
+** own count. */
 static void codec_cost(const kvs_codec_i *codec, const kvs_params_t *params,
                        const kvs_kernel_dims_t *dims, unsigned role, uint64_t n_context,
                        double kept_share, double attended_share, kvs_kernel_cost_t *out)

@@ -120,7 +120,7 @@ kvs_status_e kvs_kernel_append(kvs_kernel_t *kernel, const float *k, const float
                                const float *v);
 
 /* Marks the end of the prompt after its positions were appended. q_window
-** holds the last n_q prompt queries of this group, (n_q, group_size,
+** contains the last n_q prompt queries of this group, (n_q, group_size,
 ** head_dim); prefill-time policies score with it. */
 kvs_status_e kvs_kernel_end_prefill(kvs_kernel_t *kernel, const float *q_window, uint32_t n_q);
 

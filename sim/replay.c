@@ -204,13 +204,6 @@ typedef struct replay {
     double started, last_progress;
 } replay_t;
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* Writes the evaluation mode as the user would type it, plus the cap. */
 static const char *eval_text(const kvs_replay_opts_t *o, char *buf, size_t cap)
 {
@@ -233,10 +226,7 @@ static kvs_status_e begin_run(replay_t *r, run_slot_t *run)
     const kvs_replay_opts_t *o = r->opts;
     kvs_replay_trace_t *rt = &r->traces[run->trace];
     const kvs_kernel_spec_t *spec = r->specs[run->kernel];
-    kvs_kernel_dims_t dims = {
-        .head_dim = rt->shape.head_dim, .group_size = rt->shape.n_heads / rt->shape.n_kv_heads,
-        .n_layers = rt->shape.n_layers, .n_kv_heads = rt->shape.n_kv_heads, .seed = o->seed,
-    };
+    kvs_kernel_dims_t dims = kvs_replay_dims(rt, o->seed, 0, 0);
     kvs_kernel_cost_t cost;
     uint64_t streams = (uint64_t)rt->shape.n_layers * rt->shape.n_kv_heads;
     char eval[64];
@@ -364,7 +354,7 @@ static kvs_status_e plan(replay_t *r)
 
 static void report_progress(replay_t *r, int final)
 {
-    double now = now_seconds();
+    double now = kvs_now_seconds();
 
     if (r->opts->quiet || (!final && now - r->last_progress < 2.0))
         return;
@@ -469,7 +459,7 @@ static kvs_status_e execute(replay_t *r)
         n_threads = r->n_streams ? r->n_streams : 1;
     threads = calloc(n_threads, sizeof *threads);
     KVS_RETURN_IF(!threads, KVS_ERR_NOMEM, "out of memory starting threads");
-    r->started = r->last_progress = now_seconds();
+    r->started = r->last_progress = kvs_now_seconds();
     if (!r->opts->quiet)
         fprintf(stderr, "replay: %u units (%u runs) on %u threads\n", r->n_units, r->n_runs,
                 n_threads);
@@ -507,10 +497,7 @@ static kvs_status_e execute(replay_t *r)
 ** run (a group larger than head_dim, ...) fails before any run row exists. */
 static kvs_status_e check_spec(const kvs_replay_trace_t *rt, const kvs_kernel_spec_t *spec)
 {
-    kvs_kernel_dims_t dims = {
-        .head_dim = rt->shape.head_dim, .group_size = rt->shape.n_heads / rt->shape.n_kv_heads,
-        .n_layers = rt->shape.n_layers, .n_kv_heads = rt->shape.n_kv_heads,
-    };
+    kvs_kernel_dims_t dims = kvs_replay_dims(rt, 0, 0, 0);
     kvs_status_e rc = kvs_kernel_spec_check(spec, &dims);
 
     if (rc != KVS_OK)

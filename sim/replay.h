@@ -56,7 +56,7 @@ void kvs_replay_request_stop(void);
 /* Validates every kernel spec and trace before doing any work. After a
 ** stop request it commits the streams in progress, marks unfinished runs
 ** "interrupted: rerun with --resume" and fails with KVS_ERR_IO and a message
-** that says how many units are done. */
+** giving the number of units done. */
 kvs_status_e kvs_replay_run(const kvs_replay_opts_t *opts);
 
 #endif

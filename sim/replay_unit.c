@@ -1,7 +1,7 @@
 /*
 ** replay_unit.c: the units of one (layer, KV head) stream, one per kernel.
 **
-** Each kernel sees the stream exactly as a cache would: positions appended
+** Each kernel receives the stream exactly as a cache would: positions appended
 ** in order, the end-of-prompt hook after the last prompt position, and an
 ** attention call for the query group at each evaluated position, after
 ** that position's own k and v were appended (a decoder attends to itself).
@@ -20,6 +20,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+kvs_kernel_dims_t kvs_replay_dims(const kvs_replay_trace_t *rt, uint64_t seed, uint32_t layer,
+                                  uint32_t kv_head)
+{
+    kvs_kernel_dims_t dims = {
+        .head_dim = rt->shape.head_dim, .group_size = rt->shape.n_heads / rt->shape.n_kv_heads,
+        .n_layers = rt->shape.n_layers, .n_kv_heads = rt->shape.n_kv_heads,
+        .layer = layer, .kv_head = kv_head, .seed = seed,
+    };
+    return dims;
+}
 
 uint32_t kvs_eval_positions(const kvs_eval_plan_t *plan, uint32_t n_tokens, uint32_t n_prompt,
                             uint8_t *eval_mask)
@@ -52,13 +63,6 @@ uint32_t kvs_eval_positions(const kvs_eval_plan_t *plan, uint32_t n_tokens, uint
         count = plan->max_steps;
     }
     return count;
-}
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 /* Buffers of one unit, (rows, width) as read from the trace. */
@@ -149,12 +153,12 @@ static kvs_status_e score_position(stream_kernel_t *sk, unit_data_t *u, uint32_t
     const float *q = u->qg + (size_t)t * group * d;
     kvs_attend_out_t out = {u->logits, u->weights, u->out};
 
-    double start = now_seconds();
+    double start = kvs_now_seconds();
     KVS_FORWARD(kvs_kernel_attend(sk->kernel, q, &out));
-    sk->res->attend_seconds += now_seconds() - start;
+    sk->res->attend_seconds += kvs_now_seconds() - start;
     sk->res->attend_calls++;
 
-    /* What the cache holds at this step, per position, windows included. */
+    /* Bytes stored per position at this step, windows included. */
     uint64_t held = kvs_kernel_stored_bytes(sk->kernel);
     sk->stored_sum += (double)(held > sk->shared_bytes ? held - sk->shared_bytes : 0) / len;
     KVS_FORWARD(check_output(u->weights, (size_t)group * len, "attention weight", t));
@@ -264,10 +268,7 @@ kvs_status_e kvs_replay_stream(const kvs_replay_trace_t *rt, const kvs_kernel_sp
 {
     const kvs_trace_shape_t *s = &rt->shape;
     uint32_t group = s->n_heads / s->n_kv_heads;
-    kvs_kernel_dims_t dims = {
-        .head_dim = s->head_dim, .group_size = group, .n_layers = s->n_layers,
-        .n_kv_heads = s->n_kv_heads, .layer = layer, .kv_head = kv_head, .seed = seed,
-    };
+    kvs_kernel_dims_t dims = kvs_replay_dims(rt, seed, layer, kv_head);
     unit_data_t u = {0};
     stream_kernel_t *sks = calloc(n_kernels ? n_kernels : 1, sizeof *sks);
     kvs_kernel_spec_t *reference_spec = NULL;

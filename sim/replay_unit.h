@@ -15,7 +15,7 @@
 /* The kernel whose attention is the reference: exact F32 attention. */
 #define KVS_REFERENCE_SPEC "dense:dtype=f32"
 
-/* What the replayer knows about one trace. */
+/* The replayer's description of one trace. */
 typedef struct kvs_replay_trace {
     const char *path;
     kvs_trace_t *trace;
@@ -49,15 +49,19 @@ typedef struct kvs_unit_result {
     double *bucket_logit;
 } kvs_unit_result_t;
 
+/* Kernel dims of the (layer, KV head) stream of a trace. */
+kvs_kernel_dims_t kvs_replay_dims(const kvs_replay_trace_t *rt, uint64_t seed, uint32_t layer,
+                                  uint32_t kv_head);
+
 /* Marks the evaluated positions of a trace in eval_mask (n_tokens entries)
 ** and returns how many there are. */
 uint32_t kvs_eval_positions(const kvs_eval_plan_t *plan, uint32_t n_tokens, uint32_t n_prompt,
                             uint8_t *eval_mask);
 
 /* Runs the units of one (layer, KV head) stream, one per kernel, in a
-** single pass: the layer's k, k_pre and v for kv_head go into a fresh
-** instance of every kernel, and at evaluated positions each is compared
-** with the reference, which is computed once per position. results has
+** single pass. The layer's k, k_pre and v for kv_head go into a fresh
+** instance of every kernel. At evaluated positions each is compared with
+** the reference, which is computed once per position. results has
 ** n_kernels entries, filled in the order of specs. */
 kvs_status_e kvs_replay_stream(const kvs_replay_trace_t *rt, const kvs_kernel_spec_t *const *specs,
                                uint32_t n_kernels, uint64_t seed, uint32_t layer, uint32_t kv_head,

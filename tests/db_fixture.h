@@ -150,8 +150,9 @@ static kvs_status_e fx_commit(kvs_db_t *db, int64_t run_id, int k, uint32_t laye
         rows[g].bucket_out_rel_l2 = out_err[g];
         rows[g].bucket_logit_rmse = logit_err[g];
     }
-    /* 156 calls of 1e-5 * (1 + k) seconds each; the instances held 100 * (1 + k)
-    ** bytes per position, so measured storage is that times 4 streams. */
+    /* 156 calls of 1e-5 * (1 + k) seconds each. The instances stored
+    ** 100 * (1 + k) bytes per position, and measured storage is that times
+    ** 4 streams. */
     return kvs_db_commit_unit(db, run_id, layer, kv_head, rows, FX_GROUP, 156 * 1e-5 * (1 + k), 156,
                               100.0 * (1 + k));
 }

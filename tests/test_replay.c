@@ -136,9 +136,9 @@ START_TEST(dense_f32_is_exact_and_quanto_orders)
     /* stories260K: 5 layers x 4 KV heads x 4 bytes x 8 dims x K and V. */
     ck_assert_double_eq(summary(db, "dense:dtype=f32", "bytes_per_token"), 5 * 4 * 2 * 8 * 4);
 
-    /* Measured storage: dense holds exactly its bytes per token; quanto's
-    ** BF16 residual holds decode positions the steady-state figure leaves
-    ** out, so it measures more (up to 95 of 160 positions sit in it). */
+    /* Measured storage: dense stores exactly its bytes per token. quanto's
+    ** BF16 residual contains decode positions that the steady-state figure
+    ** leaves out, so it measures more (up to 95 of 160 positions). */
     char sql[256];
     snprintf(sql, sizeof sql, "SELECT measured_bytes_per_token FROM measured_storage WHERE kernel = '%s'",
              "dense:dtype=f32");
@@ -290,7 +290,7 @@ START_TEST(observing_policies_see_every_step)
 }
 END_TEST
 
-/* Evaluation plans select the positions their names say. */
+/* Evaluation plans select the positions their names describe. */
 START_TEST(eval_positions_follow_mode)
 {
     uint8_t mask[10];
@@ -324,8 +324,8 @@ START_TEST(bad_inputs_are_rejected_before_work)
     ck_assert_int_ne(kvs_replay_run(&o), KVS_OK);
     ck_assert_ptr_nonnull(strstr(kvs_error_message(), "/nonexistent/trace.kvt"));
 
-    /* An evaluation mode with no positions says so instead of storing
-    ** empty rows. */
+    /* Evaluation modes are parsed strictly: N must be positive and the
+    ** mode name known. */
     kvs_eval_e e;
     uint32_t n;
     ck_assert_int_eq(kvs_eval_parse("last:0", &e, &n), KVS_ERR_USAGE);
